@@ -1,0 +1,126 @@
+"""The Python API every front uses: create, start (or reuse), find and stop servers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backends import backend_class
+from .config import ServeConfig, load_server_config
+from .errors import ConfigError
+from .process import registry
+from .process.server import InferenceServer, live_servers
+
+
+def create_server(backend: str = "vllm", model: str | None = None, **kwargs: Any) -> InferenceServer:
+    """Return an unstarted server of the given backend (seed 002's factory)."""
+    try:
+        cls = backend_class(backend)
+    except ValueError as exc:
+        raise ConfigError(f"backend: {exc}") from None
+    return cls(model, **kwargs)
+
+
+def server_for_config(config: ServeConfig, **kwargs: Any) -> InferenceServer:
+    """Return an unstarted server for a validated config."""
+    return backend_class(config.backend)(config=config, **kwargs)
+
+
+def start_server_from_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> InferenceServer:
+    """Start a server from a YAML file (with optional dotted overrides) and wait until ready."""
+    return server_for_config(load_server_config(path, overrides), **kwargs).start()
+
+
+@dataclass
+class ServeResult:
+    """A server and how we got it: ``Launched`` or ``Reused`` (as TensorBoard's magic reports)."""
+
+    server: InferenceServer
+    outcome: str
+
+
+def serve(
+    config: ServeConfig,
+    *,
+    reuse: bool = True,
+    replace: bool = False,
+    wait: bool = True,
+    detach: bool = False,
+    owner_kind: str = "python",
+) -> ServeResult:
+    """Start a server for ``config``, or reuse a running one with the same effective config.
+
+    A server under the requested name with a different config is an error unless ``replace``,
+    which stops it first.
+    """
+    name = config.server.name
+    existing = registry.get(name, missing_ok=True) if name else None
+    if existing is not None and existing.is_dead():
+        registry.remove(existing.name)
+        existing = None
+    if existing is not None:
+        same = existing.identity == config.identity() and not existing.attached
+        if same and reuse and not replace:
+            return ServeResult(server_from_record(existing), "Reused")
+        if not replace:
+            raise ConfigError(
+                f"server.name: {name!r} is already running with a different config; "
+                "use another name, stop it, or pass replace"
+            )
+        server_from_record(existing).stop()
+    elif reuse:
+        for record in registry.list_records():
+            if (
+                record.identity == config.identity()
+                and not record.attached
+                and not record.is_dead()
+                and record.state in ("starting", "ready")
+            ):
+                return ServeResult(server_from_record(record), "Reused")
+    server = server_for_config(config, detach=detach, owner_kind=owner_kind)
+    server.start(wait=wait)
+    return ServeResult(server, "Launched")
+
+
+def server_from_record(record: registry.ServerRecord) -> InferenceServer:
+    """Return a handle on a registered server (this process's own object when it has one)."""
+    for server in live_servers():
+        if server.name == record.name:
+            return server
+    data = dict(record.config)
+    data.setdefault("server", {})["api_key"] = record.api_key or None
+    config = ServeConfig.model_validate(data)
+    server = backend_class(record.backend)(config=config, detach=record.detached)
+    server.name = record.name
+    server.record = record
+    server._resolved = True
+    server.state = record.state if record.process_alive() else "exited"
+    return server
+
+
+def get_server(name: str | None = None) -> InferenceServer:
+    """Return the server called ``name``, or the only/newest live one when no name is given."""
+    if name:
+        return server_from_record(registry.get(name))
+    records = [r for r in registry.list_records() if not r.is_dead()]
+    if not records:
+        raise ConfigError("no server is running; start one first (no name given)")
+    return server_from_record(records[-1])
+
+
+def list_servers() -> list[dict[str, Any]]:
+    """Return every registered server as JSON-ready data (no API keys), dead ones flagged."""
+    return [record.public() for record in registry.list_records()]
+
+
+def stop_server(name: str) -> str:
+    """Stop a launched server (or forget an attached one); return a one-line confirmation."""
+    record = registry.get(name)
+    if record.attached:
+        registry.remove(name)
+        return f"detached {name} (an attached server is never stopped by mixvllm_nb)"
+    report = server_from_record(record).stop()
+    return f"{name}: {report.summary()}"

@@ -1,0 +1,39 @@
+"""Inference backends: vLLM, SGLang, and any custom subclass registered by name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..process.server import InferenceServer
+
+_CUSTOM: dict[str, type[InferenceServer]] = {}
+
+
+def backend_names() -> list[str]:
+    """Return the names a config's ``backend`` may take."""
+    return ["vllm", "sglang", *sorted(_CUSTOM)]
+
+
+def register_backend(cls: type[InferenceServer]) -> type[InferenceServer]:
+    """Register a custom InferenceServer subclass under its ``backend_name`` (usable as decorator)."""
+    name = getattr(cls, "backend_name", "")
+    if not name or name == "base":
+        raise ValueError("a custom backend needs a class attribute backend_name, e.g. 'mybackend'")
+    _CUSTOM[name] = cls
+    return cls
+
+
+def backend_class(name: str) -> type[InferenceServer]:
+    """Return the server class for a backend name."""
+    if name == "vllm":
+        from .vllm import VLLMServer
+
+        return VLLMServer
+    if name == "sglang":
+        from .sglang import SGLangServer
+
+        return SGLangServer
+    if name in _CUSTOM:
+        return _CUSTOM[name]
+    raise ValueError(f"unknown backend {name!r}; allowed: {', '.join(backend_names())}")

@@ -1,0 +1,36 @@
+"""Extra backend flags in both of seed 002's formats, turned into a command-line list."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def format_extra_args(extra: list[str] | dict[str, Any]) -> list[str]:
+    """Return ``extra`` as command-line arguments.
+
+    A list is passed as it is (``["--enforce-eager", "--max-num-seqs", "8"]``). In a dict,
+    keys may have leading dashes or not and underscores become dashes; ``True`` is a bare flag,
+    ``False`` or ``None`` leaves the flag out, a dict or list value becomes JSON, anything else
+    its string: ``{"trust_remote_code": True, "kv-cache-dtype": {"auto": "fp8"}}`` gives
+    ``["--trust-remote-code", "--kv-cache-dtype", '{"auto": "fp8"}']``.
+    """
+    if isinstance(extra, list):
+        return [str(item) for item in extra]
+    args: list[str] = []
+    for key, value in extra.items():
+        flag = "--" + str(key).lstrip("-").replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, dict | list):
+            args += [flag, json.dumps(value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def flag_names(args: list[str]) -> set[str]:
+    """Return the ``--flags`` present in an argument list (for spotting duplicates)."""
+    return {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}

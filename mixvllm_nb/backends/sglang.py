@@ -1,0 +1,70 @@
+"""SGLang: the launch command of ``python -m sglang.launch_server`` and its endpoints.
+
+SGLang does not run on this project's CPU test machines, so its command building is tested and
+its process lifecycle is the shared one. SGLang takes its API key only as a command-line flag;
+since secrets never go on a command line here, an SGLang server runs without a key and relies
+on loopback binding (and on the authenticated Jupyter proxy for remote access).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..process.server import InferenceServer
+from .args import format_extra_args
+
+
+class SGLangServer(InferenceServer):
+    """An SGLang OpenAI-compatible server."""
+
+    backend_name: ClassVar[str] = "sglang"
+
+    @property
+    def api_key(self) -> str:
+        """SGLang gets no key (see the module docstring)."""
+        return ""
+
+    def build_command(self) -> list[str]:
+        """Return ``python -m sglang.launch_server`` with SGLang's names for the config's flags."""
+        cfg, inf = self.config, self.config.inference
+        cmd = [self.get_binary_path(), "-m", "sglang.launch_server", "--model-path", self.model]
+        if self.served_model_name != self.model:
+            cmd += ["--served-model-name", self.served_model_name]
+        cmd += ["--host", self.host, "--port", str(self.port)]
+        if cfg.model.trust_remote_code:
+            cmd.append("--trust-remote-code")
+        if cfg.model.tokenizer:
+            cmd += ["--tokenizer-path", cfg.model.tokenizer]
+        if cfg.model.revision:
+            cmd += ["--revision", cfg.model.revision]
+        if inf.tensor_parallel_size != 1:
+            cmd += ["--tp", str(inf.tensor_parallel_size)]
+        if inf.pipeline_parallel_size != 1:
+            cmd += ["--pp-size", str(inf.pipeline_parallel_size)]
+        if inf.data_parallel_size != 1:
+            cmd += ["--dp", str(inf.data_parallel_size)]
+        cmd += ["--mem-fraction-static", str(inf.gpu_memory_utilization)]
+        if inf.max_model_len:
+            cmd += ["--context-length", str(inf.max_model_len)]
+        if inf.dtype:
+            cmd += ["--dtype", inf.dtype]
+        if inf.quantization:
+            cmd += ["--quantization", inf.quantization]
+        if inf.kv_cache_dtype != "auto":
+            cmd += ["--kv-cache-dtype", inf.kv_cache_dtype]
+        if inf.max_num_seqs:
+            cmd += ["--max-running-requests", str(inf.max_num_seqs)]
+        if inf.enforce_eager:
+            cmd.append("--disable-cuda-graph")
+        return cmd + format_extra_args(cfg.extra_args)
+
+    def list_endpoints(self) -> dict[str, str]:
+        """Return SGLang's main endpoints."""
+        return {
+            "health": self.get_health_endpoint(),
+            "models": f"{self.base_url}/v1/models",
+            "completions": f"{self.base_url}/v1/completions",
+            "chat": f"{self.base_url}/v1/chat/completions",
+            "server_info": f"{self.base_url}/get_server_info",
+            "generate": f"{self.base_url}/generate",
+        }

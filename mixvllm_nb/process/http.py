@@ -1,0 +1,32 @@
+"""A tiny blocking HTTP GET for health checks (stdlib only, so the manager stays light)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def http_get(url: str, *, api_key: str = "", timeout: float = 5.0) -> tuple[int, bytes]:
+    """Return ``(status, body)`` for a GET; status 0 when the server cannot be reached."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read() if exc.fp else b""
+    except (OSError, ValueError):
+        return 0, b""
+
+
+def http_get_json(url: str, *, api_key: str = "", timeout: float = 5.0) -> Any | None:
+    """Return the decoded JSON of a 200 answer, or None."""
+    status, body = http_get(url, api_key=api_key, timeout=timeout)
+    if status != 200:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None

@@ -1,0 +1,110 @@
+"""Read a server's log: its tail, the start-up phase it has reached, the KV cache it allocated, and
+the one-line cause of a failure."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Start-up phases in the order vLLM goes through them, each with the log line that announces it.
+PHASES: list[tuple[str, re.Pattern[str]]] = [
+    ("importing", re.compile(r"non-default args|vLLM API server version|version \d+\.\d+")),
+    ("resolving model", re.compile(r"Resolved architecture|Using max model len")),
+    ("starting engine", re.compile(r"Initializing a V1 LLM engine|EngineCore")),
+    ("loading weights", re.compile(r"Starting to load model|Loading safetensors|Loading weights")),
+    ("allocating KV cache", re.compile(r"KV cache size:|Explicitly set .* for KV cache")),
+    ("compiling / warming up", re.compile(r"init engine \(profile|Capturing|torch\.compile|warm")),
+    ("starting API", re.compile(r"Starting vLLM (API )?server|Available routes")),
+    ("ready", re.compile(r"Application startup complete")),
+]
+PHASE_NAMES = ["launching"] + [name for name, _ in PHASES]
+
+_KV_RE = re.compile(r"KV cache size: ([\d,]+) tokens")
+_CONCURRENCY_RE = re.compile(
+    r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x"
+)
+_ERROR_RE = re.compile(r"^(?:\S+ )?(?:[A-Za-z_.]+\.)?([A-Z]\w*(?:Error|Exception)|Exit\w*): (.+)$")
+
+
+@dataclass(frozen=True)
+class KVCacheReport:
+    """What vLLM reported for its KV cache: capacity in tokens, and max concurrency."""
+
+    tokens: int
+    max_model_len: int | None = None
+    max_concurrency: float | None = None
+
+    def __str__(self) -> str:
+        if self.max_concurrency is None:
+            return f"{self.tokens:,} tokens"
+        return (
+            f"{self.tokens:,} tokens, max concurrency {self.max_concurrency:.2f}x "
+            f"at {self.max_model_len:,} tokens"
+        )
+
+
+def tail(path: str | Path | None, lines: int = 40, max_bytes: int = 256 * 1024) -> str:
+    """Return the last ``lines`` lines of a log file ('' when missing), reading only its end."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+
+def read_text(path: str | Path | None) -> str:
+    """Return the whole log ('' when missing)."""
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def phase(text: str) -> str:
+    """Return the furthest start-up phase the log shows (``launching`` when it shows none)."""
+    reached = "launching"
+    for name, pattern in PHASES:
+        if pattern.search(text):
+            reached = name
+    return reached
+
+
+def phase_progress(name: str) -> float:
+    """Return how far along start-up ``name`` is, from 0 to 1."""
+    return PHASE_NAMES.index(name) / (len(PHASE_NAMES) - 1) if name in PHASE_NAMES else 0.0
+
+
+def kv_cache_report(text: str) -> KVCacheReport | None:
+    """Return the KV cache capacity vLLM logged, or None before it has."""
+    kv = _KV_RE.findall(text)
+    if not kv:
+        return None
+    concurrency = _CONCURRENCY_RE.findall(text)
+    tokens = int(kv[-1].replace(",", ""))
+    if concurrency:
+        max_len, factor = concurrency[-1]
+        return KVCacheReport(tokens, int(max_len.replace(",", "")), float(factor))
+    return KVCacheReport(tokens)
+
+
+def failure_cause(text: str) -> str:
+    """Return the most telling error line of a failed start, or '' when there is none."""
+    candidates = [m for line in text.splitlines() if (m := _ERROR_RE.match(line.strip()))]
+    if candidates:
+        kind, message = candidates[-1].groups()
+        return f"{kind}: {message.strip()}"[:400]
+    for line in reversed(text.splitlines()):
+        if "ERROR" in line:
+            return line.split("]", 1)[-1].strip()[:400]
+    return ""

@@ -1,0 +1,198 @@
+"""The registry of servers: one JSON file per server, shared by every kernel, the CLI and Jupyter.
+
+Files live in ``$MIXVLLM_STATE_DIR/servers`` (default: Jupyter's runtime dir + ``/mixvllm``),
+are created with mode 0600 because they hold the server's API key, and are written atomically.
+A name is claimed with ``O_EXCL`` so two processes cannot start two servers under one name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ServerNotFoundError
+from .tree import process_matches
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def state_dir() -> Path:
+    """Return the folder holding the registry and the logs (created on first use)."""
+    override = os.environ.get("MIXVLLM_STATE_DIR")
+    if override:
+        path = Path(override).expanduser()
+    else:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        path = Path(jupyter_runtime_dir()) / "mixvllm"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def servers_dir() -> Path:
+    """Return the folder of the registry's JSON files."""
+    path = state_dir() / "servers"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+@dataclass
+class ServerRecord:
+    """What another process needs to find, use and stop a server."""
+
+    name: str
+    backend: str
+    model: str
+    served_model_name: str
+    host: str
+    port: int
+    base_url: str
+    api_key: str = field(repr=False, default="")
+    pid: int | None = None
+    create_time: float | None = None
+    marker: str | None = None
+    log_path: str | None = None
+    owner: dict[str, Any] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    identity: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    kind: str = "launched"  # "launched" by us, or "attached" (an external endpoint)
+    detached: bool = False
+    state: str = "starting"
+    exit_code: int | None = None
+
+    @property
+    def attached(self) -> bool:
+        """True for an external endpoint we only talk to, never start or stop."""
+        return self.kind == "attached"
+
+    def process_alive(self) -> bool:
+        """Return True when the server's main process is still the one we started."""
+        if self.pid is None:
+            return False
+        return process_matches(self.pid, self.create_time) is not None
+
+    def is_dead(self) -> bool:
+        """Return True for a launched server whose process is gone."""
+        return not self.attached and not self.process_alive()
+
+    def public(self) -> dict[str, Any]:
+        """Return the record as JSON-ready data without the API key."""
+        data = asdict(self)
+        data.pop("api_key")
+        data.pop("marker")
+        data["dead"] = self.is_dead()
+        return data
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid server name, else raise ValueError saying what is allowed."""
+    if not _NAME_RE.match(name or ""):
+        raise ValueError(
+            f"invalid server name {name!r}: use 1-64 letters, digits, '_', '.', '-' "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def _path(name: str) -> Path:
+    return servers_dir() / f"{validate_name(name)}.json"
+
+
+def claim(name: str) -> bool:
+    """Reserve ``name`` atomically; return False when a record with that name exists."""
+    try:
+        fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"name": name, "state": "claimed", "claimed_by": os.getpid()}, handle)
+    return True
+
+
+def save(record: ServerRecord) -> None:
+    """Write ``record`` atomically with mode 0600 (it holds the API key)."""
+    path = _path(record.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{record.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(record), handle, indent=1)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update(name: str, **changes: Any) -> None:
+    """Change fields of a saved record, if it still exists."""
+    record = get(name, missing_ok=True)
+    if record is None:
+        return
+    for key, value in changes.items():
+        setattr(record, key, value)
+    save(record)
+
+
+def _read(path: Path) -> ServerRecord | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("state") == "claimed":
+        return None  # a launch in progress in another process
+    known = ServerRecord.__dataclass_fields__
+    try:
+        return ServerRecord(**{k: v for k, v in data.items() if k in known})
+    except TypeError:
+        return None
+
+
+def get(name: str, *, missing_ok: bool = False) -> ServerRecord | None:
+    """Return the record called ``name``; raise ServerNotFoundError unless ``missing_ok``."""
+    path = _path(name)
+    record = _read(path) if path.exists() else None
+    if record is None and not missing_ok:
+        known = ", ".join(r.name for r in list_records()) or "none"
+        raise ServerNotFoundError(f"no server named {name!r}; registered: {known}")
+    return record
+
+
+def list_records() -> list[ServerRecord]:
+    """Return every registered server, oldest first (dead ones included)."""
+    records = [r for p in sorted(servers_dir().glob("*.json")) if (r := _read(p)) is not None]
+    return sorted(records, key=lambda r: r.started_at)
+
+
+def remove(name: str) -> None:
+    """Forget the record called ``name`` (no error if it is already gone)."""
+    try:
+        _path(name).unlink(missing_ok=True)
+    except ValueError:
+        pass
+
+
+def clean_dead() -> list[str]:
+    """Remove the records of launched servers whose process is gone; return their names."""
+    removed = []
+    for record in list_records():
+        if record.is_dead():
+            remove(record.name)
+            removed.append(record.name)
+    return removed
+
+
+def unique_name(base: str) -> str:
+    """Return ``base`` or ``base-2``, ``base-3``, ... whichever no record uses yet."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", base).strip("-._")[:56] or "server"
+    candidate, n = base, 1
+    while _path(candidate).exists():
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
