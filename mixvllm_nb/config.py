@@ -293,12 +293,62 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
             message = f"unknown key; allowed: {_allowed_keys(err['loc'])}"
         elif err["type"] == "literal_error":
             message = message.replace("Input should be", "allowed:")
+        elif err["type"] in _BOUND_ERRORS:
+            message = f"allowed: {_bounds(err['loc']) or _ctx_bound(err) or message}"
+        elif err["type"] == "string_pattern_mismatch":
+            message = f"must match the pattern {err['ctx']['pattern']}"
         else:
             message = message.removeprefix("Value error, ")
         shown = err.get("input")
         got = "" if err["type"] in {"extra_forbidden", "missing"} else f" (got {shown!r})"
         parts.append(f"{path}: {message}{got}")
     return f"{source}: " + "; ".join(parts)
+
+
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _field_info(loc: tuple) -> Any:
+    model: type[BaseModel] = ServeConfig
+    info = None
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        model = info.annotation
+    return info
+
+
+def _bounds(loc: tuple) -> str:
+    """Return a field's numeric range as text, e.g. ``> 0 and <= 1``."""
+    info = _field_info(loc)
+    if info is None:
+        return ""
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    rules = [
+        f"{symbol} {getattr(meta, attr)}"
+        for meta in info.metadata
+        for attr, symbol in symbols.items()
+        if getattr(meta, attr, None) is not None
+    ]
+    if not rules and info.annotation is not None:
+        for arg in getattr(info.annotation, "__args__", ()):  # Optional[Annotated[int, ...]]
+            for field_meta in getattr(arg, "__metadata__", ()):
+                for meta in getattr(field_meta, "metadata", [field_meta]):
+                    rules += [
+                        f"{symbol} {getattr(meta, attr)}"
+                        for attr, symbol in symbols.items()
+                        if getattr(meta, attr, None) is not None
+                    ]
+    return " and ".join(rules)
+
+
+def _ctx_bound(err: Any) -> str:
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    ctx = err.get("ctx", {})
+    return " and ".join(f"{sym} {ctx[key]}" for key, sym in symbols.items() if key in ctx)
 
 
 def _allowed_keys(loc: tuple) -> str:

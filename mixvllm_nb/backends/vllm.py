@@ -50,7 +50,7 @@ class VLLMServer(InferenceServer):
                 cmd += [flag, str(value)]
         if inf.distributed_executor_backend:
             cmd += ["--distributed-executor-backend", inf.distributed_executor_backend]
-        if not cpu:
+        if not cpu and "gpu_memory_utilization" in inf.model_fields_set:
             cmd += ["--gpu-memory-utilization", str(inf.gpu_memory_utilization)]
         dtype = inf.dtype or ("float32" if cpu else None)
         if dtype:

@@ -529,7 +529,7 @@ def _build_config(
     from ..config import CLI_OPTION_PATHS, normalize_config_dict, set_dotted
 
     if isinstance(config, ServeConfig):
-        data = config.model_dump()
+        data = config.model_dump(exclude_unset=True)
     else:
         data = normalize_config_dict({"config": config} if config else {})
     if backend != "base":

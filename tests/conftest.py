@@ -1,0 +1,73 @@
+"""Shared fixtures: an isolated registry, and one real vLLM CPU server for the whole session.
+
+Starting vLLM costs ~35 s on this CPU, so every test that only needs *a* server uses
+``vllm_server``; tests of the lifecycle itself (crash, stop, watchdog) start their own.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+# Before anything imports mixvllm_nb: tests never touch the user's registry, and child
+# processes (kernels, Jupyter, the CLI) inherit the same isolated state dir.
+_STATE = tempfile.mkdtemp(prefix="mixvllm-test-state-")
+os.environ["MIXVLLM_STATE_DIR"] = _STATE
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from mixvllm_nb.config import ServeConfig  # noqa: E402
+
+SHARED_GENERATION_DEFAULTS = {"temperature": 0.0, "max_tokens": 24}
+
+
+def shared_config() -> ServeConfig:
+    """Return the config of the session's shared server (magics tests reuse it by identity)."""
+    return ServeConfig.model_validate(
+        {
+            "server": {"name": "shared"},
+            "generation_defaults": SHARED_GENERATION_DEFAULTS,
+            "heartbeat_interval": 1.0,
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Path:
+    return Path(_STATE)
+
+
+@pytest.fixture(scope="session")
+def vllm_server():
+    """A real vLLM server (CPU build) with the embedded SmolLM2, shared by the session."""
+    from mixvllm_nb.api import server_for_config
+
+    server = server_for_config(shared_config())
+    server.start()
+    yield server
+    report = server.stop()
+    assert report.clean, report.summary()
+
+
+@pytest.fixture(scope="session")
+def openai_client(vllm_server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{vllm_server.base_url}/v1", api_key=vllm_server.api_key)
+
+
+def marked_alive(marker: str | None) -> list[int]:
+    """Return pids still alive that carry a server's marker (should be none after a stop)."""
+    from mixvllm_nb.process.tree import marked_processes
+
+    return [p.pid for p in marked_processes(marker)] if marker else []
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
