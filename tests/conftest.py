@@ -21,6 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from mixvllm_nb.config import ServeConfig  # noqa: E402
 
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
 SHARED_GENERATION_DEFAULTS = {"temperature": 0.0, "max_tokens": 24}
 
 
