@@ -56,13 +56,16 @@ def serve(
     A server under the requested name with a different config is an error unless ``replace``,
     which stops it first.
     """
+    server = server_for_config(config, detach=detach, owner_kind=owner_kind)
+    server.prepare()  # resolve the default model etc., so identities compare what would run
+    identity = server.config.identity()
     name = config.server.name
     existing = registry.get(name, missing_ok=True) if name else None
     if existing is not None and existing.is_dead():
         registry.remove(existing.name)
         existing = None
     if existing is not None:
-        same = existing.identity == config.identity() and not existing.attached
+        same = existing.identity == identity and not existing.attached
         if same and reuse and not replace:
             return ServeResult(server_from_record(existing), "Reused")
         if not replace:
@@ -74,13 +77,12 @@ def serve(
     elif reuse:
         for record in registry.list_records():
             if (
-                record.identity == config.identity()
+                record.identity == identity
                 and not record.attached
                 and not record.is_dead()
                 and record.state in ("starting", "ready")
             ):
                 return ServeResult(server_from_record(record), "Reused")
-    server = server_for_config(config, detach=detach, owner_kind=owner_kind)
     server.start(wait=wait)
     return ServeResult(server, "Launched")
 
@@ -92,13 +94,49 @@ def server_from_record(record: registry.ServerRecord) -> InferenceServer:
             return server
     data = dict(record.config)
     data.setdefault("server", {})["api_key"] = record.api_key or None
+    if record.attached:
+        data["server"]["port"] = None  # a remote port may be < 1024 (https): the URL says it
     config = ServeConfig.model_validate(data)
     server = backend_class(record.backend)(config=config, detach=record.detached)
     server.name = record.name
     server.record = record
     server._resolved = True
-    server.state = record.state if record.process_alive() else "exited"
+    if record.attached:
+        server.state = "ready"
+    else:
+        server.state = record.state if record.process_alive() else "exited"
     return server
+
+
+def attach(url: str, *, api_key: str | None = None, name: str | None = None, timeout: float = 10.0) -> InferenceServer:
+    """Register an existing OpenAI-compatible endpoint (e.g. a vLLM server on a GPU cluster).
+
+    The endpoint must answer ``/v1/models``; its first model becomes the served model. It is
+    never stopped by mixvllm_nb, only detached.
+    """
+    from urllib.parse import urlsplit
+
+    from .process.http import http_get_json
+
+    base = url.rstrip("/").removesuffix("/v1")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"attach: {url!r} is not an http(s) URL such as http://gpu-node:8000")
+    models = http_get_json(f"{base}/v1/models", api_key=api_key or "", timeout=timeout)
+    ids = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)]
+    if not ids:
+        raise ConfigError(f"attach: {base}/v1/models did not answer with a model list (wrong URL or API key?)")
+    name = registry.validate_name(name) if name else registry.unique_name(ids[0].split("/")[-1])
+    if registry.get(name, missing_ok=True) is not None:
+        raise ConfigError(f"attach: a server named {name!r} is already registered; pass another name")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    record = registry.ServerRecord(
+        name=name, backend="vllm", model=ids[0], served_model_name=ids[0], host=parts.hostname,
+        port=port, base_url=base, api_key=api_key or "", kind="attached", state="ready",
+        config={"model": {"name": ids[0]}, "server": {"name": name}},
+    )
+    registry.save(record)
+    return server_from_record(record)
 
 
 def get_server(name: str | None = None) -> InferenceServer:

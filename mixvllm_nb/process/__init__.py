@@ -1,7 +1,6 @@
-"""The process manager: launch, track and stop servers; the registry they share."""
+"""The process manager: launch, track and stop servers (``server``), the registry they share
+(``registry``), process trees (``tree``), ports and logs.
 
-from . import registry
-from .server import InferenceServer, live_servers
-from .tree import StopReport
-
-__all__ = ["InferenceServer", "StopReport", "live_servers", "registry"]
+Nothing is imported here on purpose: the watchdog process imports only ``tree`` and
+``registry``, and must start in a fraction of a second beside a loading model.
+"""

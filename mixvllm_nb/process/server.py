@@ -27,8 +27,8 @@ from ..config import ServeConfig, config_from_dict
 from ..errors import ConfigError, MixVLLMError, ServerStartError, ServerTimeoutError
 from . import logs, registry
 from .http import http_get
-from .ports import connect_host, ensure_port_free, free_port, url_host, wait_port_free
-from .tree import MARKER_ENV, StopReport, is_alive, process_matches, stop_processes
+from .ports import ensure_port_free, free_port, url_host, wait_port_free
+from .tree import MARKER_ENV, StopReport, process_matches, stop_processes
 
 log = logging.getLogger("mixvllm_nb")
 
@@ -70,6 +70,7 @@ class InferenceServer:
         self._stop_event = threading.Event()
         self._watchdog: subprocess.Popen | None = None
         self._listeners: list[Callable[[InferenceServer, str], None]] = []
+        self._launched_at = 0.0
         self._lock = threading.RLock()
 
     # -- what subclasses provide ------------------------------------------------------------------
@@ -151,7 +152,14 @@ class InferenceServer:
     @property
     def base_url(self) -> str:
         """The server's root URL for a client on this machine."""
+        if self.record is not None and self.record.attached:
+            return self.record.base_url
         return f"http://{url_host(self.host)}:{self.port}"
+
+    @property
+    def attached(self) -> bool:
+        """True for an external endpoint registered with attach: never started or stopped by us."""
+        return self.record is not None and self.record.attached
 
     @property
     def api_key(self) -> str:
@@ -219,6 +227,7 @@ class InferenceServer:
                 registry.remove(self.name)
                 raise
             self._set_state("starting")
+            self._launched_at = time.monotonic()
             _LIVE_SERVERS.add(self)
             if not self.detach:
                 self._start_watchdog()
@@ -437,7 +446,10 @@ class InferenceServer:
                     self._reap_leftovers()
                     return
                 if self.state == "starting":
-                    self._probe_ready()
+                    if not self._probe_ready() and time.monotonic() - self._launched_at > self.config.startup_timeout:
+                        self.error = f"not ready after {self.config.startup_timeout:.0f} s"
+                        threading.Thread(target=self.stop, daemon=True).start()  # stop() needs our lock
+                        return
                     continue
                 healthy = self.check_health(timeout=min(5.0, self.config.heartbeat_timeout))
                 if healthy:
@@ -585,16 +597,3 @@ def _stop_owned_servers() -> None:
                 server.stop(timeout=10)
             except Exception:  # exiting anyway: never let one failure block the others
                 log.exception("could not stop %s at exit", server.name)
-
-
-def connect_url(host: str, port: int) -> str:
-    """Return the URL a local client uses for a server bound to ``host:port``."""
-    return f"http://{url_host(connect_host(host))}:{port}"
-
-
-def is_process_alive(pid: int) -> bool:
-    """Return True when ``pid`` runs (a zombie counts as gone)."""
-    try:
-        return is_alive(psutil.Process(pid))
-    except psutil.Error:
-        return False

@@ -1,0 +1,128 @@
+"""Talk to a server the way a user would: an ``openai`` client, streamed chat and completions,
+and image parts for vision models. openai is imported when first used, never at load time."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SAMPLING_PARAMS = ("temperature", "top_p", "top_k", "max_tokens", "presence_penalty", "frequency_penalty", "seed")
+# Parameters the openai client does not know as keywords: they travel in the request body.
+_EXTRA_BODY_PARAMS = {"top_k"}
+
+
+def openai_client(base_url: str, api_key: str, *, timeout: float = 600.0) -> Any:
+    """Return an ``openai.OpenAI`` client for a server's ``/v1`` API."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base_url.rstrip('/')}/v1", api_key=api_key or "EMPTY", timeout=timeout)
+
+
+def request_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Return keyword arguments for the openai client: unset values dropped (the server's
+    generation defaults then apply), vLLM-only ones moved into ``extra_body``."""
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        (extra if key in _EXTRA_BODY_PARAMS else kwargs)[key] = value
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+def image_url_part(source: str | bytes | Path, mime: str | None = None) -> dict[str, Any]:
+    """Return an OpenAI ``image_url`` content part: URLs as they are, files and bytes as
+    base64 data URLs."""
+    if isinstance(source, str) and source.startswith(("http://", "https://", "data:")):
+        return {"type": "image_url", "image_url": {"url": source}}
+    if isinstance(source, bytes):
+        data, mime = source, mime or _sniff_mime(source)
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ValueError(f"image {str(source)!r}: no such file; give a file path, an http(s) URL or bytes")
+        data = path.read_bytes()
+        mime = mime or mimetypes.guess_type(path.name)[0] or _sniff_mime(data)
+    encoded = base64.b64encode(data).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{encoded}"}}
+
+
+def _sniff_mime(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
+def user_message(text: str, images: list[str | bytes | Path] | None = None) -> dict[str, Any]:
+    """Return a user message; with images, a list of text and image_url parts."""
+    if not images:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [{"type": "text", "text": text}, *map(image_url_part, images)]}
+
+
+@dataclass
+class Conversation:
+    """A chat history with an optional system prompt, remembered between turns."""
+
+    system: str | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def request_messages(self) -> list[dict[str, Any]]:
+        """Return the system prompt (if any) followed by the history."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.messages
+
+
+def stream_chat(client: Any, model: str, messages: list[dict[str, Any]], **params: Any) -> Iterator[str]:
+    """Yield the answer's text pieces as they arrive."""
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True, **request_params(params))
+    try:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+    finally:
+        stream.close()  # a consumer that stops early aborts the request on the server
+
+
+def stream_completion(client: Any, model: str, prompt: str, **params: Any) -> Iterator[str]:
+    """Yield a plain completion's text pieces as they arrive."""
+    stream = client.completions.create(model=model, prompt=prompt, stream=True, **request_params(params))
+    try:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                yield chunk.choices[0].text
+    finally:
+        stream.close()
+
+
+def chat_turn(client: Any, model: str, conversation: Conversation, text: str, *,
+              images: list[str | bytes | Path] | None = None, **params: Any) -> Iterator[str]:
+    """Send one user turn, yield the streamed answer, and record both in ``conversation``.
+
+    The answer is recorded even when the consumer stops early (what arrived is kept).
+    """
+    conversation.messages.append(user_message(text, images))
+    pieces: list[str] = []
+    try:
+        for piece in stream_chat(client, model, conversation.request_messages(), **params):
+            pieces.append(piece)
+            yield piece
+    except BaseException:
+        if not pieces:
+            conversation.messages.pop()  # nothing came back: forget the question too
+            raise
+        conversation.messages.append({"role": "assistant", "content": "".join(pieces)})
+        raise
+    conversation.messages.append({"role": "assistant", "content": "".join(pieces)})

@@ -1,0 +1,126 @@
+"""What the fronts show: start-up progress, status tables and server cards, as HTML and as text.
+
+Pure string building: no IPython or ipywidgets import, so the manager can use it too.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from .process import logs
+
+_STATE_COLOURS = {
+    "ready": "#1a7f37",
+    "starting": "#9a6700",
+    "unhealthy": "#bc4c00",
+    "crashed": "#cf222e",
+    "exited": "#57606a",
+    "stopped": "#57606a",
+    "dead": "#cf222e",
+}
+
+
+def state_badge(state: str) -> str:
+    """Return a coloured HTML badge for a server state."""
+    colour = _STATE_COLOURS.get(state, "#57606a")
+    return f'<span style="color:{colour};font-weight:600">{html.escape(state)}</span>'
+
+
+def progress_html(name: str, phase: str, detail: str = "", elapsed: float | None = None) -> str:
+    """Return an HTML progress line for a starting server: bar, phase name and detail."""
+    fraction = logs.phase_progress(phase)
+    seconds = f" · {elapsed:.0f} s" if elapsed is not None else ""
+    detail_html = f"<div style='color:#57606a'>{html.escape(detail)}</div>" if detail else ""
+    return (
+        f"<div><b>{html.escape(name)}</b>: {html.escape(phase)}{seconds}"
+        f"<div style='background:#eaeef2;width:320px;height:8px;border-radius:4px'>"
+        f"<div style='background:#0969da;width:{fraction * 100:.0f}%;height:8px;border-radius:4px'></div>"
+        f"</div>{detail_html}</div>"
+    )
+
+
+def progress_text(name: str, phase: str, detail: str = "", elapsed: float | None = None) -> str:
+    """Return the same progress as one line of text."""
+    fraction = logs.phase_progress(phase)
+    bar = "#" * int(fraction * 20)
+    seconds = f" {elapsed:.0f}s" if elapsed is not None else ""
+    return f"{name}: [{bar:<20}] {phase}{seconds}{' - ' + detail if detail else ''}"
+
+
+class Table:
+    """A table that renders as HTML in Jupyter and as aligned text in a terminal."""
+
+    def __init__(
+        self, columns: list[str], rows: list[list[Any]], *, title: str = "", html_cells: set[str] | None = None
+    ) -> None:
+        self.columns = columns
+        self.rows = rows
+        self.title = title
+        self.html_cells = html_cells or set()
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
+        body = []
+        for row in self.rows:
+            cells = []
+            for column, value in zip(self.columns, row, strict=False):
+                text = _cell(value)
+                shown = text if column in self.html_cells else html.escape(text)
+                cells.append(f"<td style='text-align:left'>{shown}</td>")
+            body.append(f"<tr>{''.join(cells)}</tr>")
+        title = f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>" if self.title else ""
+        return f"<table>{title}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+    def __repr__(self) -> str:
+        plain = [[_strip_tags(_cell(v)) for v in row] for row in self.rows]
+        widths = [max([len(c)] + [len(r[i]) for r in plain]) for i, c in enumerate(self.columns)]
+        lines = [self.title] if self.title else []
+        lines.append("  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=False)))
+        lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) for row in plain]
+        return "\n".join(lines)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """Return the rows as dicts (DataFrame-friendly)."""
+        return [dict(zip(self.columns, row, strict=False)) for row in self.rows]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def _strip_tags(text: str) -> str:
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def format_uptime(seconds: float | None) -> str:
+    """Return ``1h 02m`` / ``3m 07s`` / ``42s`` for a number of seconds."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def server_card_html(status: dict[str, Any]) -> str:
+    """Return a small HTML card for one server's status dict."""
+    rows = "".join(
+        f"<tr><td style='color:#57606a;padding-right:1em'>{html.escape(k)}</td><td>{v}</td></tr>"
+        for k, v in (
+            ("state", state_badge(status.get("state", "?"))),
+            ("model", html.escape(str(status.get("model", "")))),
+            ("url", html.escape(str(status.get("url", "")))),
+            ("pid", html.escape(str(status.get("pid") or "-"))),
+            ("KV cache", html.escape(str(status.get("kv_cache") or "-"))),
+        )
+    )
+    return f"<div><b>{html.escape(status.get('name', ''))}</b><table>{rows}</table></div>"

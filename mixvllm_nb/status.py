@@ -1,0 +1,75 @@
+"""Server status for people: state, uptime, the KV cache vLLM reported, and live load from /metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .display import Table, format_uptime, state_badge
+from .process import logs, registry
+from .process.http import http_get
+
+COLUMNS = ["name", "model", "state", "url", "pid", "uptime", "KV cache tokens", "max concurrency",
+           "running", "waiting", "KV usage %", "gen tokens/s"]
+
+
+def scrape(server: Any) -> Any | None:
+    """Return the server's parsed ``/metrics`` (None when it has none, e.g. another engine)."""
+    from .metrics import VllmMetrics
+
+    status, body = http_get(f"{server.base_url}/metrics", api_key=server.api_key, timeout=3)
+    if status != 200:
+        return None
+    return VllmMetrics.from_text(body.decode("utf-8", errors="replace"))
+
+
+def live_load(server: Any, previous: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Return running/waiting requests, KV usage and generation tokens/s for a live server.
+
+    Tokens/s comes from the counter's change since the previous call for this server (kept in
+    ``previous``); on a first call two scrapes half a second apart are used.
+    """
+    metrics = scrape(server)
+    if metrics is None:
+        return {}
+    now = time.monotonic()
+    if server.name not in previous:
+        previous[server.name] = (now, metrics.generation_tokens_total)
+        time.sleep(0.5)
+        metrics, now = scrape(server) or metrics, time.monotonic()
+    then, tokens_then = previous[server.name]
+    previous[server.name] = (now, metrics.generation_tokens_total)
+    delta = metrics.generation_tokens_total - tokens_then
+    rate = delta / (now - then) if now > then and delta >= 0 else None
+    return {
+        "running": metrics.num_requests_running,
+        "waiting": metrics.num_requests_waiting,
+        "kv_usage": None if metrics.kv_cache_usage is None else round(metrics.kv_cache_usage * 100, 1),
+        "tokens_per_s": None if rate is None else round(rate, 1),
+    }
+
+
+def server_row(record: registry.ServerRecord, previous: dict[str, tuple[float, float]]) -> list[Any]:
+    """Return one status row for a registered server."""
+    from .api import server_from_record
+
+    server = server_from_record(record)
+    dead = record.is_dead()
+    state = "dead" if dead else server.state
+    kv = logs.kv_cache_report(logs.read_text(record.log_path)) if record.log_path else None
+    load = live_load(server, previous) if not dead and state in ("ready", "unhealthy") else {}
+    return [
+        record.name, record.served_model_name, state_badge(state), record.base_url, record.pid,
+        format_uptime(time.time() - record.started_at),
+        f"{kv.tokens:,}" if kv else None,
+        f"{kv.max_concurrency:.2f}x" if kv and kv.max_concurrency else None,
+        load.get("running"), load.get("waiting"), load.get("kv_usage"), load.get("tokens_per_s"),
+    ]
+
+
+def status_table(name: str | None = None, previous: dict[str, tuple[float, float]] | None = None) -> Table:
+    """Return the status of one server (by name) or of all registered servers."""
+    previous = {} if previous is None else previous
+    records = [registry.get(name)] if name else registry.list_records()
+    rows = [server_row(record, previous) for record in records]
+    return Table(COLUMNS, rows, title="mixvllm_nb status", html_cells={"state"})
