@@ -7,6 +7,7 @@ setup:
 lab: setup
 	.venv/bin/jupyter lab notebooks/01_quickstart.ipynb
 
-test: setup
+test:
+	bash scripts/setup.sh --test
 	.venv/bin/ruff check mixvllm_nb tests benchmarks
 	.venv/bin/python -m pytest

@@ -33,4 +33,17 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  # The browser test drives Debian's Chromium with Playwright (Playwright's own browser download
+  # is not available everywhere).
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing chromium (Debian package) for the browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium is missing; install it (apt-get install chromium) for the browser test" >&2
+  fi
+fi
+
 echo "setup: default model at $(.venv/bin/python -m mixvllm_nb.models 2>/dev/null | tail -n 1)"
