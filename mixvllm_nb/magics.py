@@ -338,6 +338,51 @@ class VLLMMagics(Magics):
             print(f"terminal {info['name']}: {info['url']}")
         return info
 
+    @magic_arguments()
+    @argument("name", nargs="?", help="server name (default: the newest)")
+    @argument("--levels", default="1,2,4,8,16,32", help="concurrency levels, comma-separated")
+    @argument("--max-tokens", type=int, default=64, help="answer length per request")
+    @argument("--via", choices=["direct", "proxy"], default="direct", help="direct, or through the Jupyter proxy")
+    @line_magic
+    def vllm_bench(self, line: str = "") -> Any:
+        """Sweep concurrency against a server: requests/s, tokens/s, time to first token, inter-token latency."""
+        from .bench import bench
+
+        args = _parse(self.vllm_bench, line)
+        try:
+            levels = tuple(int(v) for v in args.levels.split(",") if v.strip())
+        except ValueError:
+            raise UsageError(f"--levels {args.levels!r}: expected integers like 1,2,4,8") from None
+        if not levels or min(levels) < 1:
+            raise UsageError(f"--levels {args.levels!r}: every level must be >= 1")
+        server = self._server(args.name)
+        base_url, key = server.base_url, server.api_key
+        if args.via == "proxy":
+            try:
+                from .server.client import proxy_base_url
+
+                base_url, key = proxy_base_url(server.name)
+            except (ImportError, MixVLLMError, RuntimeError, OSError) as exc:
+                raise UsageError(f"--via proxy: {exc}") from None
+        result = bench(base_url, key, server.served_model_name, levels=levels, max_tokens=args.max_tokens,
+                       path=args.via, progress=lambda text: print(text, flush=True))
+        if result.interrupted:
+            print(f"interrupted: kept {len(result.levels)} finished level(s)")
+        return result
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="server to select (default: the newest, or none)")
+    @line_magic
+    def vllm_panel(self, line: str = "") -> Any:
+        """Show the control panel: launch, memory and KV cache, sampling sliders, streaming chat, logs."""
+        from .panel import panel
+
+        args = _parse(self.vllm_panel, line)
+        try:
+            return panel(args.name)
+        except MixVLLMError as exc:
+            raise UsageError(str(exc)) from None
+
     # -- helpers -----------------------------------------------------------------------------------
 
     def _server(self, name: str | None) -> Any:
