@@ -339,6 +339,56 @@ class VLLMMagics(Magics):
         return info
 
     @magic_arguments()
+    @argument("model", nargs="?", help="hub id in the local cache, folder or config.json (default: embedded model)")
+    @argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
+    @argument("--quantization", default=None, help="awq, gptq, fp8")
+    @argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp8_e4m3, fp8_e5m2")
+    @argument("--max-model-len", type=int, default=None, help="longest prompt + answer")
+    @argument("--gpus", type=int, default=1, help="tensor parallel size")
+    @argument("--pp", type=int, default=1, help="pipeline parallel size")
+    @argument("--gpu-memory", type=float, default=0.9, help="GPU memory utilisation")
+    @argument("--gpu", default=None, help="a GPU name (L4, A100-80GB, H100, ...) or its memory in GiB")
+    @argument("--cpu-kv-cache-gib", type=int, default=None, help="plan the CPU build with this KV cache")
+    @argument("--plot", action="store_true", help="also draw the memory breakdown")
+    @line_magic
+    def vllm_plan(self, line: str = "") -> Any:
+        """Plan memory before launching: weights, KV cache tokens, max concurrency, advice if it does not fit."""
+        from .gpu import detect_gpus
+        from .models import resolve_default_model
+        from .plan import plan
+
+        args = _parse(self.vllm_plan, line)
+        gpu: str | float | None = args.gpu
+        if gpu is not None:
+            try:
+                gpu = float(gpu)
+            except ValueError:
+                pass  # a name from the GPU table
+        elif args.cpu_kv_cache_gib is None and detect_gpus():
+            gpu = detect_gpus()[0].total_memory / 2**30
+        on_cpu = gpu is None
+        try:
+            model = args.model or resolve_default_model().model
+            result = plan(
+                model,
+                dtype=args.dtype or ("float32" if on_cpu else "auto"),
+                quantization=args.quantization,
+                kv_cache_dtype=args.kv_cache_dtype,
+                max_model_len=args.max_model_len,
+                tensor_parallel_size=args.gpus,
+                pipeline_parallel_size=args.pp,
+                gpu_memory_utilization=args.gpu_memory,
+                gpu=gpu,
+                cpu_kv_cache_gib=(args.cpu_kv_cache_gib or 1) if on_cpu else None,
+                enforce_eager=on_cpu,
+            )
+        except (ValueError, MixVLLMError) as exc:
+            raise UsageError(str(exc)) from None
+        if args.plot:
+            result.plot()
+        return result
+
+    @magic_arguments()
     @argument("name", nargs="?", help="server name (default: the newest)")
     @argument("--levels", default="1,2,4,8,16,32", help="concurrency levels, comma-separated")
     @argument("--max-tokens", type=int, default=64, help="answer length per request")

@@ -9,7 +9,7 @@ from .display import Table, format_uptime, state_badge
 from .process import logs, registry
 from .process.http import http_get
 
-COLUMNS = ["name", "model", "state", "url", "pid", "uptime", "KV cache tokens", "max concurrency",
+COLUMNS = ["name", "model", "state", "url", "pid", "uptime", "KV cache tokens", "planned", "max concurrency",
            "running", "waiting", "KV usage %", "gen tokens/s"]
 
 
@@ -49,6 +49,19 @@ def live_load(server: Any, previous: dict[str, tuple[float, float]]) -> dict[str
     }
 
 
+def planned_kv_tokens(record: registry.ServerRecord) -> int | None:
+    """Return the KV cache tokens the planner predicts for a launched server (None if unknown)."""
+    if record.attached:
+        return None
+    from .config import ServeConfig
+    from .plan import plan_for_config
+
+    try:
+        return plan_for_config(ServeConfig.model_validate(record.config)).kv_cache_tokens
+    except (ValueError, OSError):  # a hub model that is not in the local cache: no config to read
+        return None
+
+
 def server_row(record: registry.ServerRecord, previous: dict[str, tuple[float, float]]) -> list[Any]:
     """Return one status row for a registered server."""
     from .api import server_from_record
@@ -62,6 +75,7 @@ def server_row(record: registry.ServerRecord, previous: dict[str, tuple[float, f
         record.name, record.served_model_name, state_badge(state), record.base_url, record.pid,
         format_uptime(time.time() - record.started_at),
         f"{kv.tokens:,}" if kv else None,
+        f"{planned:,}" if (planned := planned_kv_tokens(record)) else None,
         f"{kv.max_concurrency:.2f}x" if kv and kv.max_concurrency else None,
         load.get("running"), load.get("waiting"), load.get("kv_usage"), load.get("tokens_per_s"),
     ]

@@ -191,3 +191,13 @@ def test_kernel_sigkill_stops_its_server_within_10s():
     finally:
         k.client.stop_channels()
         k.manager.cleanup_resources()
+
+
+def test_plan_magic_matches_vllm_and_advises_when_it_does_not_fit(kernel, vllm_server):
+    here = kernel.run("%vllm_plan")
+    assert here.error is None, here.error
+    assert "23,296 tokens" in here.result  # what the shared server logged at 1 GiB, float32
+    config = __import__("pathlib").Path(__file__).parent / "data" / "model_configs" / "llama-3.1-70b.json"
+    big = kernel.run(f"%vllm_plan {config} --gpu 'RTX 4090' --dtype bfloat16")
+    assert big.error is None, big.error
+    assert "tensor_parallel_size" in big.result and "fits" in big.result
