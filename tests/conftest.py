@@ -23,7 +23,8 @@ from mixvllm_nb.config import ServeConfig  # noqa: E402
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
-SHARED_GENERATION_DEFAULTS = {"temperature": 0.0, "max_tokens": 24}
+# The quickstart notebook serves with the same defaults, so under the test suite it reuses this server.
+SHARED_GENERATION_DEFAULTS = {"temperature": 0.0, "max_tokens": 64}
 
 
 def shared_config() -> ServeConfig:

@@ -17,7 +17,7 @@ from kernel_helpers import Kernel
 
 from mixvllm_nb.process import registry
 
-SHARED_SERVE = "%vllm_serve --name shared --temperature 0 --max-tokens 24"
+SHARED_SERVE = "%vllm_serve --name shared --temperature 0 --max-tokens 64"
 
 
 @pytest.fixture(scope="module")
