@@ -444,6 +444,20 @@ CLI_OPTION_PATHS: dict[str, str] = {
 }
 
 
+def _keyword_paths() -> dict[str, str]:
+    """Return keyword -> dotted path for every section field, plus the CLI's short names."""
+    paths: dict[str, str] = {}
+    for section in ("model", "inference", "server", "generation_defaults"):
+        for leaf in ServeConfig.model_fields[section].annotation.model_fields:
+            paths.setdefault(leaf, f"{section}.{leaf}")
+    paths.update(CLI_OPTION_PATHS)  # "name" is the server's name, "model" the model's
+    return paths
+
+
+# Keyword arguments of VLLMServer(...) / create_server(...): a section's field by its own name.
+KEYWORD_PATHS: dict[str, str] = _keyword_paths()
+
+
 def parse_env_assignments(items: list[str] | None) -> dict[str, str]:
     """Return ``{"KEY": "VALUE"}`` from ``["KEY=VALUE", ...]``; a bad item is a one-line error."""
     env: dict[str, str] = {}

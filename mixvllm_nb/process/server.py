@@ -538,7 +538,7 @@ def _build_config(
     backend: str, model: str | None, config: ServeConfig | dict | None, options: dict[str, Any]
 ) -> ServeConfig:
     """Merge a ServeConfig or seed-style dict with keyword options into a validated config."""
-    from ..config import CLI_OPTION_PATHS, normalize_config_dict, set_dotted
+    from ..config import KEYWORD_PATHS, normalize_config_dict, set_dotted
 
     if isinstance(config, ServeConfig):
         data = config.model_dump(exclude_unset=True)
@@ -548,15 +548,15 @@ def _build_config(
         data["backend"] = backend
     if model is not None:
         set_dotted(data, "model.name", model)
-    flat = normalize_config_dict({k: v for k, v in options.items() if k not in CLI_OPTION_PATHS})
+    flat = normalize_config_dict({k: v for k, v in options.items() if k not in KEYWORD_PATHS})
     for key, value in flat.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key].update(value)
         else:
             data[key] = value
     for key, value in options.items():
-        if key in CLI_OPTION_PATHS and value is not None:
-            set_dotted(data, CLI_OPTION_PATHS[key], value)
+        if key in KEYWORD_PATHS and value is not None:
+            set_dotted(data, KEYWORD_PATHS[key], value)
     return config_from_dict(data)
 
 
