@@ -1,0 +1,199 @@
+"""``mixvllm-chat``: a streaming chat with a model server in the terminal, through the Jupyter proxy or directly.
+
+Where it connects, first match wins: ``--base-url``/``--api-key``; ``OPENAI_BASE_URL``/``OPENAI_API_KEY``
+(a terminal opened by ``%vllm_terminal`` points them at the proxy); ``--server`` or ``MIXVLLM_SERVER``,
+looked up in the registry (directly to that server); the newest running server in the registry.
+
+Commands: ``/system TEXT`` sets the system prompt (``/system`` alone clears it), ``/reset`` forgets the
+conversation, ``/temperature 0.3`` (``/temperature`` alone: the server's default), ``/help``, ``/exit``;
+Ctrl+D quits, Ctrl+C stops an answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .client import Conversation, chat_turn
+
+PROMPT = "you> "
+HELP = """commands:
+  /system TEXT        set the system prompt (/system alone clears it)
+  /reset              forget the conversation (the system prompt stays)
+  /temperature 0.3    sampling temperature 0-2 (/temperature alone: the server's default)
+  /help               this help
+  /exit               quit (or Ctrl+D); Ctrl+C stops an answer"""
+
+
+@dataclass
+class Endpoint:
+    """Where the chat sends its requests: an OpenAI ``/v1`` URL, its key, and what to call it."""
+
+    base_url: str
+    api_key: str
+    label: str
+
+
+@dataclass
+class ChatSession:
+    """One terminal conversation: the history, the system prompt and the sampling settings."""
+
+    client: Any
+    model: str
+    out: TextIO = sys.stdout
+    conversation: Conversation = field(default_factory=Conversation)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def handle(self, line: str) -> bool:
+        """Act on one input line (a command or a question); return False when the user quits."""
+        text = line.strip()
+        if not text:
+            return True
+        if text.startswith("/"):
+            return self.command(text)
+        self.ask(text)
+        return True
+
+    def command(self, text: str) -> bool:
+        """Run a ``/command``; return False for ``/exit``."""
+        name, _, arg = text.partition(" ")
+        arg = arg.strip()
+        if name in ("/exit", "/quit"):
+            return False
+        if name == "/reset":
+            self.conversation.messages.clear()
+            self.say("[conversation cleared]")
+        elif name == "/system":
+            self.conversation.system = arg or None
+            self.say(f"[system prompt: {arg}]" if arg else "[system prompt cleared]")
+        elif name == "/temperature":
+            self.set_temperature(arg)
+        elif name == "/help":
+            self.say(HELP)
+        else:
+            self.say(f"[unknown command {name}; /help lists them]")
+        return True
+
+    def set_temperature(self, arg: str) -> None:
+        """Set or clear the temperature, refusing values outside 0-2."""
+        if not arg:
+            self.params.pop("temperature", None)
+            self.say("[temperature: the server's default]")
+            return
+        try:
+            value = float(arg)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 2.0:
+            self.say(f"[temperature {arg!r} is not allowed: give a number from 0 to 2]")
+            return
+        self.params["temperature"] = value
+        self.say(f"[temperature: {value}]")
+
+    def ask(self, text: str) -> None:
+        """Send a question and print the answer as it streams in."""
+        try:
+            for piece in chat_turn(self.client, self.model, self.conversation, text, **self.params):
+                self.out.write(piece)
+                self.out.flush()
+        except KeyboardInterrupt:
+            self.out.write("\n[stopped]")
+        except Exception as exc:  # one failed request must not end the chat
+            self.out.write(f"[error: {_one_line(exc)}]")
+        self.out.write("\n")
+        self.out.flush()
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def _one_line(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"
+
+
+def resolve_endpoint(args: argparse.Namespace, env: dict[str, str] | None = None) -> Endpoint:
+    """Return where to connect (see the module docstring for the order); raise SystemExit with a hint."""
+    env = dict(os.environ if env is None else env)
+    base_url = args.base_url or env.get("OPENAI_BASE_URL")
+    if base_url:
+        key = args.api_key or env.get("OPENAI_API_KEY") or "EMPTY"
+        return Endpoint(base_url.rstrip("/"), key, base_url)
+    from .process import registry
+
+    name = args.server or env.get("MIXVLLM_SERVER")
+    try:
+        if name:
+            record = registry.get(name)
+        else:
+            live = [r for r in registry.list_records() if not r.is_dead()]
+            if not live:
+                raise SystemExit("mixvllm-chat: no server is running; start one, or set OPENAI_BASE_URL")
+            record = live[-1]
+    except (KeyError, ValueError) as exc:
+        raise SystemExit(f"mixvllm-chat: {exc}") from None
+    assert record is not None
+    return Endpoint(f"{record.base_url.rstrip('/')}/v1", args.api_key or record.api_key or "EMPTY", record.name)
+
+
+def first_model(client: Any) -> str:
+    """Return the first model the server lists."""
+    models = client.models.list()
+    if not models.data:
+        raise SystemExit("mixvllm-chat: the server lists no model")
+    return models.data[0].id
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mixvllm-chat", description="Chat with a model server in the terminal.",
+                                     epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", help="OpenAI API URL ending in /v1 (default: $OPENAI_BASE_URL)")
+    parser.add_argument("--api-key", help="API key or Jupyter token (default: $OPENAI_API_KEY)")
+    parser.add_argument("--server", help="registered server name (default: $MIXVLLM_SERVER, or the newest)")
+    parser.add_argument("--model", help="model name (default: the server's first)")
+    parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--temperature", type=float, help="sampling temperature 0-2 (default: the server's)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chat until /exit or Ctrl+D; return the exit status."""
+    args = parse_args(argv)
+    endpoint = resolve_endpoint(args)
+    from openai import OpenAI
+
+    client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0)
+    try:
+        model = args.model or first_model(client)
+    except Exception as exc:
+        print(f"mixvllm-chat: cannot reach {endpoint.base_url}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    session = ChatSession(client, model)
+    if args.system:
+        session.conversation.system = args.system
+    if args.temperature is not None:
+        session.set_temperature(str(args.temperature))
+    try:
+        import readline  # noqa: F401  (line editing and input history for input())
+    except ImportError:
+        pass
+    session.say(f"mixvllm-chat: {model} at {endpoint.label}. /help for commands, Ctrl+D to quit.")
+    while True:
+        try:
+            line = input(PROMPT)
+        except EOFError:
+            session.say("")
+            return 0
+        except KeyboardInterrupt:
+            session.say("")
+            continue
+        if not session.handle(line):
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

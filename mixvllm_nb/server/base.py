@@ -1,0 +1,119 @@
+"""What every mixvllm handler shares: our auth resource, OpenAI-shaped errors, the extension's settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from traitlets import Float, Int
+from traitlets.config import Configurable
+
+# The resource name an Authorizer sees for every route of this extension (as "terminals" for
+# jupyter_server_terminals): a deployment can allow Jupyter but deny model servers.
+AUTH_RESOURCE = "mixvllm"
+
+# OpenAI's error "type" for each status we send (clients such as the openai package map the
+# status to an exception class; the type is what a person reads).
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    502: "server_error",
+    503: "server_unavailable",
+}
+
+
+class MixVLLM(Configurable):
+    """Settings of the mixvllm_nb server extension (``c.MixVLLM.max_body_bytes = ...``)."""
+
+    max_body_bytes = Int(
+        4 * 2**20,
+        config=True,
+        help="Largest request body the proxy forwards, in bytes; a bigger one is answered 413 "
+        "before anything reaches the model server.",
+    )
+    retry_after = Int(
+        5, config=True, help="Seconds a client is told to wait (Retry-After) while a server is starting."
+    )
+    connect_timeout = Float(
+        10.0, config=True, help="Seconds to wait for a model server to accept a proxied connection."
+    )
+    health_timeout = Float(
+        2.0, config=True, help="Seconds a health probe of a server still marked 'starting' may take."
+    )
+
+
+@dataclass
+class ExtensionState:
+    """What the handlers share, kept in ``web_app.settings["mixvllm"]``."""
+
+    config: MixVLLM
+    # Servers this Jupyter server launched: holding them keeps their heartbeat objects alive.
+    servers: dict[str, Any] = field(default_factory=dict)
+    _http: Any = None
+
+    @property
+    def http(self) -> Any:
+        """Return the shared async HTTP client for upstream requests (created on first use)."""
+        if self._http is None:
+            import httpx
+
+            # No keep-alive: a pooled connection outlives the event loop it was opened on (each
+            # test, and each Jupyter restart, gets a new loop); a loopback connect costs ~0.1 ms.
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(connect=self.config.connect_timeout, read=None, write=60.0, pool=60.0),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+                follow_redirects=False,
+                trust_env=False,  # an HTTP(S)_PROXY of the user's shell must not see local traffic
+            )
+        return self._http
+
+
+class OpenAIError(web.HTTPError):
+    """An HTTP error sent as OpenAI's ``{"error": {"message", "type", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, code: str, headers: dict[str, str] | None = None):
+        super().__init__(status, "%s", message)
+        self.message = message
+        self.code = code
+        self.headers = headers or {}
+
+
+def error_body(status: int, message: str, code: str | None) -> str:
+    """Return the JSON text of an OpenAI-shaped error."""
+    return json.dumps(
+        {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "code": code}}
+    )
+
+
+class MixvllmHandler(APIHandler):
+    """Base of our handlers: Jupyter's authentication, our auth resource, OpenAI-shaped errors."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def state(self) -> ExtensionState:
+        return self.settings["mixvllm"]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Answer every error, Jupyter's own 403s included, in OpenAI's error shape."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        code: str | None = None
+        if isinstance(exc, OpenAIError):
+            message, code = exc.message, exc.code
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message % exc.args if exc.log_message and exc.args else (exc.log_message or "")
+            message = message or self._reason
+        else:
+            message = "internal error in the mixvllm_nb extension; see the Jupyter server log"
+        if code is None:
+            code = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(status_code)
+        self.finish(error_body(status_code, message, code))

@@ -1,0 +1,86 @@
+"""``mixvllm-chat`` as a user runs it: a process reading lines from its standard input.
+
+Answers come from the session's real vLLM server; what the client sends (system prompt, history,
+temperature) is read off the stand-in upstream's record of each request.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from test_server_support import STANDIN_MODEL, StandInUpstream
+
+from mixvllm_nb.process import registry
+
+
+def run_chat(lines: list[str], env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the chat with ``lines`` typed in; the input ends after them, as with Ctrl+D."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MIXVLLM_SERVER")}
+    return subprocess.run([sys.executable, "-m", "mixvllm_nb.chat", *args], input="\n".join(lines) + "\n",
+                          env={**clean, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def upstream():
+    with StandInUpstream(api_key="sk-chat", events=3, interval=0.01) as stand_in:
+        stand_in.register("chat-standin")
+        yield stand_in
+    registry.remove("chat-standin")
+
+
+def test_chat_answers_directly_from_the_environment(vllm_server):
+    env = {"OPENAI_BASE_URL": f"{vllm_server.base_url}/v1", "OPENAI_API_KEY": vllm_server.api_key}
+    result = run_chat(["What is the capital of France?", "/exit"], env)
+    assert result.returncode == 0, result.stderr
+    assert vllm_server.served_model_name in result.stdout  # the banner names the model it found
+    answer = result.stdout.split("you> ")[1]
+    assert "Paris" in answer
+
+
+def test_chat_finds_a_server_by_its_registry_name(vllm_server):
+    result = run_chat(["What is the capital of France?"], {"MIXVLLM_SERVER": vllm_server.name})
+    assert result.returncode == 0, result.stderr  # end of input (Ctrl+D) quits cleanly
+    assert f"at {vllm_server.name}." in result.stdout and "Paris" in result.stdout
+
+
+def test_system_temperature_history_and_reset_reach_the_server(upstream):
+    lines = ["/system Answer in one word.", "/temperature 0.3", "first", "second", "/reset", "third",
+             "/temperature 5", "/temperature", "fourth", "/system", "fifth", "/nonsense", "/help"]
+    result = run_chat(lines, {"MIXVLLM_SERVER": "chat-standin"})
+    assert result.returncode == 0, result.stderr
+    chats = [hit.json() for hit in upstream.hits if hit.path == "/v1/chat/completions"]
+    assert [c["messages"][-1]["content"] for c in chats] == ["first", "second", "third", "fourth", "fifth"]
+    system = {"role": "system", "content": "Answer in one word."}
+    assert chats[0]["messages"] == [system, {"role": "user", "content": "first"}]
+    assert chats[1]["messages"] == [system, {"role": "user", "content": "first"},
+                                    {"role": "assistant", "content": "tok0 tok1 tok2 "},
+                                    {"role": "user", "content": "second"}]
+    assert chats[2]["messages"] == [system, {"role": "user", "content": "third"}]  # /reset kept the system prompt
+    assert [c.get("temperature") for c in chats] == [0.3, 0.3, 0.3, None, None]  # 5 refused, then unset
+    assert chats[4]["messages"][0]["role"] == "user"  # /system alone cleared it
+    assert all(c["stream"] and c["model"] == STANDIN_MODEL for c in chats)
+    assert "not allowed" in result.stdout and "unknown command /nonsense" in result.stdout
+    assert "/temperature 0.3" in result.stdout  # the help
+    assert result.stdout.count("tok0 tok1 tok2") == 5
+
+
+def test_chat_with_a_wrong_key_says_so_and_keeps_going(upstream):
+    env = {"OPENAI_BASE_URL": f"{upstream.url}/v1", "OPENAI_API_KEY": "wrong"}
+    result = run_chat(["hello"], env, "--model", STANDIN_MODEL)
+    assert result.returncode == 0
+    assert "[error: AuthenticationError" in result.stdout
+
+
+def test_chat_with_an_unknown_server_name_exits_with_a_hint():
+    result = run_chat([], {"MIXVLLM_SERVER": "nobody"})
+    assert result.returncode != 0 and "no server named 'nobody'" in result.stderr
+
+
+def test_chat_that_cannot_reach_its_server_exits_with_a_hint():
+    from mixvllm_nb.process.ports import free_port
+
+    result = run_chat([], {"OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"})
+    assert result.returncode == 1 and "cannot reach" in result.stderr

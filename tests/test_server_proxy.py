@@ -1,0 +1,189 @@
+"""The proxy in a real ``jupyter server`` process: the OpenAI client, streaming timing, disconnects.
+
+Blocking clients (openai, httpx) need a Jupyter server that runs in its own process; timing is
+measured on that real path. Answers come from the session's real vLLM server; exact timing and the
+moment the upstream sees a disconnect come from the stand-in upstream (a controlled clock).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+from test_server_support import STANDIN_MODEL, JupyterProcess, StandInUpstream
+
+from mixvllm_nb.metrics import VllmMetrics
+from mixvllm_nb.process import registry
+
+
+@pytest.fixture(scope="module")
+def jupyter(tmp_path_factory):
+    home = tmp_path_factory.mktemp("jupyter-home")
+    root = home / "root"
+    root.mkdir()
+    process = JupyterProcess(root, home).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def timed_upstream():
+    """5 events 0.5 s apart (a stand-in: exact timing needs a controlled upstream)."""
+    with StandInUpstream(events=5, interval=0.5) as stand_in:
+        stand_in.register("timed")
+        yield stand_in
+    registry.remove("timed")
+
+
+@pytest.fixture
+def long_upstream():
+    """40 events 0.5 s apart: 20 s, far longer than the 2 s a disconnect may take to reach it."""
+    with StandInUpstream(events=40, interval=0.5) as stand_in:
+        stand_in.register("long")
+        yield stand_in
+    registry.remove("long")
+
+
+@pytest.fixture
+def silent_upstream():
+    """Sends its first event only after 20 s (a long prefill)."""
+    with StandInUpstream(events=1, first_delay=20) as stand_in:
+        stand_in.register("silent")
+        yield stand_in
+    registry.remove("silent")
+
+
+def test_openai_client_through_the_proxy_models_completion_chat_stream(jupyter, vllm_server):
+    client = OpenAI(base_url=jupyter.proxy_v1(vllm_server.name), api_key=jupyter.token, max_retries=0)
+    assert [m.id for m in client.models.list().data] == [vllm_server.served_model_name]
+    model = vllm_server.served_model_name
+    completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8)
+    assert completion.choices[0].text.strip()
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = client.chat.completions.create(model=model, messages=question, temperature=0)
+    assert "Paris" in chat.choices[0].message.content
+    pieces = [c.choices[0].delta.content for c in client.chat.completions.create(
+        model=model, messages=question, temperature=0, stream=True) if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 3 and "Paris" in "".join(pieces)
+
+
+def test_the_proxy_refuses_the_openai_client_with_a_wrong_token(jupyter, vllm_server):
+    import openai
+
+    client = OpenAI(base_url=jupyter.proxy_v1(vllm_server.name), api_key="not-the-token", max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.list()
+    # The server's own key is not a Jupyter credential either: only Jupyter's auth opens the proxy.
+    client = OpenAI(base_url=jupyter.proxy_v1(vllm_server.name), api_key=vllm_server.api_key, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.list()
+
+
+def test_streamed_events_arrive_as_they_are_sent(jupyter, timed_upstream):
+    client = OpenAI(base_url=jupyter.proxy_v1("timed"), api_key=jupyter.token, max_retries=0)
+    start = time.monotonic()
+    arrivals = []
+    for chunk in client.chat.completions.create(model=STANDIN_MODEL, messages=[], stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append((time.monotonic() - start, chunk.choices[0].delta.content))
+    assert [text for _, text in arrivals] == [f"tok{i} " for i in range(5)]
+    times = [t for t, _ in arrivals]
+    assert times[0] < 1.0, times
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # A buffering proxy delivers everything at once at ~2 s (gaps ~0); ours keeps the 0.5 s rhythm.
+    assert all(0.35 < gap < 0.75 for gap in gaps), gaps
+
+
+def test_streaming_does_not_depend_on_the_accept_header(jupyter, timed_upstream):
+    body = {"model": STANDIN_MODEL, "prompt": "x", "stream": True}
+    for accept in ("application/json", "*/*", "text/html"):
+        start = time.monotonic()
+        with httpx.stream("POST", f"{jupyter.proxy_v1('timed')}/completions", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {jupyter.token}", "Accept": accept}) as response:
+            assert response.headers["Content-Type"] == "text/event-stream"
+            events = (line for line in response.iter_lines() if line.startswith("data: "))
+            first = next(events)
+            first_at = time.monotonic() - start
+            rest = list(events)
+        assert first_at < 1.0 and json.loads(first[6:])["choices"][0]["text"] == "tok0 "
+        assert rest[-1] == "data: [DONE]" and len(rest) == 5
+
+
+def test_a_client_that_leaves_mid_stream_ends_the_upstream_request_within_2_s(jupyter, long_upstream):
+    body = {"model": STANDIN_MODEL, "messages": [], "stream": True}
+    with httpx.stream("POST", f"{jupyter.proxy_v1('long')}/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {jupyter.token}"}) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        assert next(line for line in lines if line.startswith("data: "))  # two events in: mid-stream
+        (hit,) = long_upstream.hits
+        assert not hit.ended.is_set()
+    left_at = time.monotonic()  # leaving the block closed the connection
+    assert hit.ended.wait(10), "the upstream request never ended"
+    assert hit.client_left, "the upstream finished its answer: the proxy never closed the request"
+    assert hit.ended_at - left_at < 2.0
+
+
+def test_a_client_that_leaves_during_a_silent_prefill_ends_the_upstream_request(jupyter, silent_upstream):
+    # No event comes for 20 s, so no write can reveal the closed client: the proxy must notice the
+    # disconnect itself and close the upstream request.
+    body = {"model": STANDIN_MODEL, "messages": [], "stream": True}
+    with httpx.stream("POST", f"{jupyter.proxy_v1('silent')}/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {jupyter.token}"}) as response:
+        assert response.status_code == 200  # the headers arrived before any event
+        (hit,) = silent_upstream.hits
+    left_at = time.monotonic()
+    assert hit.ended.wait(10), "the upstream request never ended"
+    assert hit.client_left and hit.ended_at - left_at < 2.0
+
+
+def _running(vllm_server) -> int:
+    text = httpx.get(f"{vllm_server.base_url}/metrics", timeout=10).text
+    return VllmMetrics.from_text(text).num_requests_running or 0
+
+
+def test_a_client_that_leaves_aborts_the_generation_in_vllm(jupyter, vllm_server):
+    body = {"model": vllm_server.served_model_name, "stream": True, "max_tokens": 1500, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+    with httpx.stream("POST", f"{jupyter.proxy_v1(vllm_server.name)}/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {jupyter.token}"}) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            assert next(line for line in lines if line.startswith("data: "))
+        assert _running(vllm_server) == 1  # the generation is under way (1500 tokens take ~40 s here)
+    left_at = time.monotonic()
+    while _running(vllm_server) != 0:
+        assert time.monotonic() - left_at < 10, "vLLM kept generating for a client that left"
+        time.sleep(0.1)
+    assert time.monotonic() - left_at < 2.0
+
+
+def test_kernel_helpers_find_this_server_and_open_a_terminal(jupyter, vllm_server, monkeypatch):
+    from mixvllm_nb.client import openai_client
+    from mixvllm_nb.server.client import find_jupyter_server, open_terminal, proxy_base_url
+
+    # As in a kernel of that server: same runtime dir, the current folder under its root.
+    for name in ("JUPYTER_SERVER_URL", "JUPYTER_TOKEN", "JPY_PARENT_PID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter.runtime_dir))
+    (jupyter.root / "notebooks").mkdir(exist_ok=True)
+    monkeypatch.chdir(jupyter.root / "notebooks")
+    info = find_jupyter_server()
+    assert info["port"] == jupyter.port and info["token"] == jupyter.token
+    url, key = proxy_base_url(vllm_server.name)
+    assert url == f"http://127.0.0.1:{jupyter.port}/mixvllm/servers/{vllm_server.name}"
+    assert [m.id for m in openai_client(url, key).models.list().data] == [vllm_server.served_model_name]
+    terminal = open_terminal(vllm_server.name, auto_start_chat=False)
+    assert terminal["url"] == f"/terminals/{terminal['name']}"
+    assert terminal["cwd"] == str((jupyter.root / "notebooks").resolve())
+    listed = httpx.get(f"{jupyter.url}api/terminals", headers={"Authorization": f"token {jupyter.token}"}).json()
+    assert terminal["name"] in [t["name"] for t in listed]
+    monkeypatch.setenv("JUPYTER_SERVER_URL", jupyter.url)  # a terminal's environment names its server
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter.root / "no-servers-listed-here"))
+    monkeypatch.setenv("JUPYTER_TOKEN", jupyter.token)
+    assert find_jupyter_server()["url"] == jupyter.url
+    with pytest.raises(RuntimeError, match="nobody"):
+        open_terminal("nobody")

@@ -1,0 +1,155 @@
+"""Chat terminals: created through the API with Jupyter's terminal manager, driven over their websocket.
+
+The last test runs ``mixvllm-chat`` inside the terminal against the session's real vLLM server,
+through the proxy of the Jupyter server the terminal belongs to, and reads the answer off the screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import pytest
+from jupyter_server.auth import Authorizer
+from test_server_support import StandInUpstream
+from tornado.httpclient import HTTPClientError
+from traitlets.config import Config
+
+from mixvllm_nb.process import registry
+
+
+class DenyTerminals(Authorizer):
+    """Allows this extension but not Jupyter's terminals."""
+
+    def is_authorized(self, handler, user, action, resource):
+        return resource != "terminals"
+
+
+@pytest.fixture
+def jupyter_overrides():
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(jupyter_overrides):
+    config = Config({"ServerApp": {"jpserver_extensions": {"mixvllm_nb": True, "jupyter_server_terminals": True}}})
+    config.merge(Config(jupyter_overrides))
+    return config
+
+
+@pytest.fixture
+def upstream():
+    with StandInUpstream() as stand_in:
+        stand_in.register("standin")
+        yield stand_in
+    registry.remove("standin")
+
+
+async def open_terminal(jp_fetch, name: str, **body) -> dict:
+    response = await jp_fetch("mixvllm", "api", "servers", name, "terminal", method="POST", body=json.dumps(body))
+    assert response.code == 201
+    return json.loads(response.body)
+
+
+async def read_until(ws, needle: str, timeout: float) -> str:
+    """Return the terminal's output up to the first ``needle`` (fails after ``timeout`` seconds)."""
+    screen = ""
+    deadline = time.monotonic() + timeout
+    while needle not in screen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{needle!r} did not appear within {timeout} s; the terminal showed:\n{screen[-3000:]}"
+        try:
+            message = await asyncio.wait_for(ws.read_message(), left)
+        except TimeoutError:
+            continue
+        assert message is not None, f"the terminal closed; it showed:\n{screen[-3000:]}"
+        kind, *rest = json.loads(message)
+        if kind == "stdout":
+            screen += rest[0]
+    return screen
+
+
+async def test_terminal_has_the_proxy_environment_and_starts_in_the_asked_folder(
+    jp_fetch, jp_ws_fetch, jp_serverapp, jp_root_dir, jp_http_port, upstream
+):
+    (jp_root_dir / "sub").mkdir()
+    info = await open_terminal(jp_fetch, "standin", path="sub", auto_start_chat=False)
+    assert info["url"] == f"/a%40b/terminals/{info['name']}" and info["chat_started"] is False
+    listed = json.loads((await jp_fetch("api", "terminals")).body)
+    assert info["name"] in [t["name"] for t in listed]  # one of Jupyter's own terminals
+    ws = await jp_ws_fetch("terminals", "websocket", info["name"])
+    try:
+        ws.write_message(json.dumps(["stdin", 'echo "ENV:$MIXVLLM_SERVER|$OPENAI_BASE_URL|$OPENAI_API_KEY|$(pwd)|END"\r']))
+        screen = await read_until(ws, "|END\r\n", timeout=30)  # the typed line ends in |END" instead
+    finally:
+        ws.close()
+    found = re.search(r"ENV:standin\|(.*?)\|(.*?)\|(.*?)\|END\r\n", screen)
+    assert found, screen
+    base_url, key, cwd = found.groups()
+    assert base_url == f"http://127.0.0.1:{jp_http_port}/a%40b/mixvllm/servers/standin/v1"
+    assert key == jp_serverapp.identity_provider.token
+    assert cwd.strip() == str((jp_root_dir / "sub").resolve())
+    assert upstream.hits == []  # opening a terminal sends nothing to the model server
+
+
+async def test_terminal_paths_outside_the_root_and_unknown_servers_are_refused(jp_fetch, upstream):
+    for path, code in (("..", 403), ("../..", 403), ("/etc", 403), ("sub/../../x", 403), ("missing", 400)):
+        with pytest.raises(HTTPClientError) as err:
+            await open_terminal(jp_fetch, "standin", path=path, auto_start_chat=False)
+        assert err.value.code == code, path
+    with pytest.raises(HTTPClientError) as err:
+        await open_terminal(jp_fetch, "nobody", auto_start_chat=False)
+    assert err.value.code == 404
+    listed = json.loads((await jp_fetch("api", "terminals")).body)
+    assert listed == []  # no refused request left a terminal behind
+
+
+async def test_terminal_websocket_is_refused_without_auth(jp_fetch, jp_ws_fetch, upstream):
+    info = await open_terminal(jp_fetch, "standin", auto_start_chat=False)
+    for headers in ({"Authorization": "token wrong"}, {"Authorization": ""}):
+        with pytest.raises(HTTPClientError) as err:
+            await jp_ws_fetch("terminals", "websocket", info["name"], headers=headers)
+        assert err.value.code == 403
+
+
+async def test_terminal_route_without_credentials_is_403(jp_fetch, upstream):
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("mixvllm", "api", "servers", "standin", "terminal", method="POST", body="{}",
+                       headers={"Authorization": "token wrong"})
+    assert err.value.code == 403
+    assert json.loads((await jp_fetch("api", "terminals")).body) == []
+
+
+@pytest.mark.parametrize("jupyter_overrides", [{"ServerApp": {"terminals_enabled": False}}])
+async def test_disabled_terminals_answer_409_and_open_nothing(jp_fetch, jp_serverapp, upstream):
+    with pytest.raises(HTTPClientError) as err:
+        await open_terminal(jp_fetch, "standin")
+    assert err.value.code == 409
+    message = json.loads(err.value.response.body)["error"]["message"]
+    assert "terminals are disabled" in message
+    assert "terminal_manager" not in jp_serverapp.web_app.settings
+
+
+@pytest.mark.parametrize("jupyter_overrides", [{"ServerApp": {"authorizer_class": DenyTerminals}}])
+async def test_a_user_denied_terminals_gets_no_shell_through_mixvllm(jp_fetch, jp_serverapp, upstream):
+    with pytest.raises(HTTPClientError) as err:
+        await open_terminal(jp_fetch, "standin")
+    assert err.value.code == 403
+    assert jp_serverapp.web_app.settings["terminal_manager"].terminals == {}
+
+
+async def test_chat_client_answers_inside_the_terminal(jp_fetch, jp_ws_fetch, vllm_server):
+    # The shared server's config keeps terminal.auto_start_chat at its default (true).
+    info = await open_terminal(jp_fetch, vllm_server.name)
+    assert info["chat_started"] is True
+    ws = await jp_ws_fetch("terminals", "websocket", info["name"])
+    try:
+        await read_until(ws, "/help for commands", timeout=90)  # the client connected and listed the model
+        ws.write_message(json.dumps(["stdin", "What is the capital of France?\r"]))
+        screen = await read_until(ws, "Paris", timeout=90)
+        assert "error" not in screen.lower()
+        ws.write_message(json.dumps(["stdin", "/exit\r"]))
+    finally:
+        ws.close()
