@@ -1,0 +1,299 @@
+"""The launch tab: settings (or a YAML file), the planner's estimate, Launch/Stop and start-up progress."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, get_args
+
+import ipywidgets as widgets
+
+from ..config import Dtype, Quantization, ServeConfig, load_server_config
+from ..errors import MixVLLMError
+from ..process import logs
+from .errors import ErrorBox, guarded, in_notebook_kernel, start_thread
+from .monitor import reported_summary
+
+GREY = "color:#57606a"
+
+# Widget name -> dotted config path; the widgets show a config, and only what differs is overridden.
+FIELDS = {
+    "model": "model.name",
+    "name": "server.name",
+    "dtype": "inference.dtype",
+    "quantization": "inference.quantization",
+    "max_model_len": "inference.max_model_len",
+    "gpu_memory_utilization": "inference.gpu_memory_utilization",
+    "tensor_parallel_size": "inference.tensor_parallel_size",
+    "cpu_kv_cache_gib": "inference.cpu_kv_cache_gib",
+}
+
+
+def _get(config: ServeConfig, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _pairs(literal: Any) -> list[tuple[str, str]]:
+    # A Dropdown needs (label, value) pairs throughout once one option is a pair.
+    return [(value, value) for value in get_args(literal)]
+
+
+def plan_summary(config: ServeConfig) -> str:
+    """Return the planner's estimate for ``config`` as one HTML paragraph (or why there is none)."""
+    try:
+        from ..plan import plan_for_config
+    except ImportError as exc:  # the planner is optional for the panel
+        return f"<span style='{GREY}'>No estimate: the planner is not available ({html.escape(str(exc))}).</span>"
+    try:
+        p = plan_for_config(config)
+    except (ValueError, OSError, MixVLLMError) as exc:  # e.g. a hub model not in the local cache
+        return f"<span style='{GREY}'>No estimate: {html.escape(str(exc))}</span>"
+    except Exception as exc:  # a config the planner does not understand must not block launching
+        return f"<span style='{GREY}'>No estimate ({type(exc).__name__}: {html.escape(str(exc))})</span>"
+    gib = 1024**3
+    parts = [f"weights <b>{p.weights_bytes / gib:.2f} GiB</b>"]
+    if p.kv_cache_tokens is not None:
+        parts.append(f"KV cache <b>{p.kv_cache_tokens:,} tokens</b>")
+    if p.max_concurrency is not None:
+        parts.append(f"max concurrency <b>{p.max_concurrency:.2f}x</b> at {p.max_model_len:,} tokens")
+    verdict = {True: "<span style='color:#1a7f37'>fits</span>",
+               False: "<span style='color:#cf222e'>does not fit</span>"}.get(p.fits, "")
+    advice = "".join(f"<li>{html.escape(a)}</li>" for a in p.advice)
+    return (f"<div class='mixvllm-estimate'>Estimate ({html.escape(p.device)}, {html.escape(p.dtype)}): "
+            f"{' · '.join(parts)} {verdict}{f'<ul>{advice}</ul>' if advice else ''}</div>")
+
+
+class LaunchSection(widgets.VBox):
+    """Launch settings with a live memory estimate, Launch and Stop, and the start-up progress."""
+
+    def __init__(self, errors: ErrorBox, on_server: Callable[[Any], None],
+                 get_server: Callable[[], Any], *, on_cpu: bool) -> None:
+        self.errors = errors
+        self.on_server = on_server
+        self.get_server = get_server
+        self.on_cpu = on_cpu
+        self.outcome_text = ""
+        self._thread: threading.Thread | None = None
+        self._loaded_yaml = ""
+        self._quiet = False
+        self._stopping = ""  # the name of a server the user is stopping
+        self._target: Any = None  # the server the current launch started or reused
+        self._reported_for: Any = None  # the server whose vLLM figures are shown
+        guard = guarded(errors)
+        style = {"description_width": "180px"}
+        wide = widgets.Layout(width="560px")
+        narrow = widgets.Layout(width="380px")
+        self.inputs: dict[str, widgets.ValueWidget] = {
+            "model": widgets.Text(description="model", placeholder="default: SmolLM2-135M-Instruct (embedded)",
+                                  style=style, layout=wide),
+            "name": widgets.Text(description="server name", placeholder="default: from the model",
+                                 style=style, layout=wide),
+            "dtype": widgets.Dropdown(description="dtype", style=style, layout=narrow, options=[
+                ("default (float32 on CPU)" if on_cpu else "default (auto)", None), *_pairs(Dtype)]),
+            "quantization": widgets.Dropdown(description="quantization", style=style, layout=narrow,
+                                             options=[("none", None), *_pairs(Quantization)]),
+            "max_model_len": widgets.BoundedIntText(description="max_model_len", value=0, min=0,
+                                                    max=10_000_000, style=style, layout=narrow),
+            "gpu_memory_utilization": widgets.FloatSlider(
+                description="gpu_memory_utilization", value=0.9, min=0.05, max=1.0, step=0.01,
+                continuous_update=False, disabled=on_cpu, style=style, layout=wide),
+            "tensor_parallel_size": widgets.BoundedIntText(description="tensor_parallel_size", value=1, min=1,
+                                                           max=64, style=style, layout=narrow),
+            "cpu_kv_cache_gib": widgets.BoundedIntText(description="CPU KV cache GiB", value=1, min=1, max=4096,
+                                                       style=style, layout=narrow),
+        }
+        self.inputs["max_model_len"].tooltip = "0 = the model's own context length"
+        if on_cpu:
+            self.inputs["gpu_memory_utilization"].tooltip = "no GPU here: the CPU build ignores it"
+        for widget in self.inputs.values():
+            widget.observe(guard(lambda _change: self.update_estimate()), names="value")
+        self.yaml_path = widgets.Text(description="YAML config", placeholder="path/to/server.yaml",
+                                      style=style, layout=wide)
+        self.load_button = widgets.Button(description="Load YAML")
+        self.launch_button = widgets.Button(description="Launch", button_style="success")
+        self.stop_button = widgets.Button(description="Stop", button_style="danger")
+        self.load_button.on_click(guard(lambda _: self.load_yaml()))
+        self.launch_button.on_click(guard(lambda _: self.launch()))
+        self.stop_button.on_click(guard(lambda _: self.stop()))
+        self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="320px"))
+        self.phase = widgets.HTML()
+        self.phase.add_class("mixvllm-phase")
+        self.outcome = widgets.HTML()
+        self.outcome.add_class("mixvllm-outcome")
+        self.estimate = widgets.HTML()
+        self.reported = widgets.HTML()
+        shown = [w for key, w in self.inputs.items() if on_cpu or key != "cpu_kv_cache_gib"]
+        super().__init__([
+            widgets.HBox([self.yaml_path, self.load_button]),
+            *shown,
+            self.estimate,
+            widgets.HBox([self.launch_button, self.stop_button]),
+            widgets.HBox([self.progress, self.phase]),
+            self.outcome,
+            self.reported,
+        ])
+        self.update_estimate()
+
+    # -- config ----------------------------------------------------------------------------------
+
+    def _base(self) -> ServeConfig:
+        return load_server_config(self.yaml_path.value.strip() or None)
+
+    def show_config(self, config: ServeConfig) -> None:
+        """Set the widgets to ``config``'s values."""
+        for key, dotted in FIELDS.items():
+            value = _get(config, dotted)
+            if key in ("model", "name"):
+                value = value or ""
+            elif key == "max_model_len":
+                value = value or 0
+            self.inputs[key].value = value
+
+    def load_yaml(self) -> ServeConfig:
+        """Read the YAML file named in the field and show its settings in the widgets."""
+        if not self.yaml_path.value.strip():
+            raise MixVLLMError("YAML config: type the path of a server YAML file first")
+        config = self._base()
+        self._quiet = True  # one estimate for the whole file, not one per widget it changes
+        try:
+            self.show_config(config)
+        finally:
+            self._quiet = False
+        self._loaded_yaml = self.yaml_path.value.strip()
+        self.errors.clear()
+        self.update_estimate()
+        return config
+
+    def overrides(self) -> dict[str, Any]:
+        """Return the dotted overrides where the widgets differ from the YAML file (or the defaults)."""
+        base = self._base()
+        out: dict[str, Any] = {}
+        for key, dotted in FIELDS.items():
+            value = self.inputs[key].value
+            if key in ("model", "name"):
+                value = value.strip() or None
+            elif key == "max_model_len":
+                value = value or None
+            if value != _get(base, dotted):
+                out[dotted] = value
+        return out
+
+    def build_config(self) -> ServeConfig:
+        """Return the validated config the Launch button would start (YAML file + widgets)."""
+        if self.yaml_path.value.strip() and self.yaml_path.value.strip() != self._loaded_yaml:
+            self.load_yaml()  # a path typed but not loaded: show what will run before running it
+        return load_server_config(self.yaml_path.value.strip() or None, self.overrides())
+
+    def update_estimate(self) -> None:
+        """Show the planner's estimate for the current settings."""
+        if self._quiet:
+            return
+        try:
+            config = load_server_config(self.yaml_path.value.strip() or None, self.overrides())
+        except MixVLLMError as exc:
+            self.estimate.value = f"<span style='color:#cf222e'>{html.escape(str(exc))}</span>"
+            return
+        self.estimate.value = plan_summary(config)
+
+    # -- launch / stop ---------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while a launch is waiting for its server."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def launch(self) -> threading.Thread:
+        """Start (or reuse) a server with these settings; wait for it in a background thread."""
+        if self.busy:
+            raise MixVLLMError("a launch is already in progress; wait for it, or Stop it")
+        config = self.build_config()
+        self.errors.clear()
+        self.reported.value, self._reported_for, self._target = "", None, None
+        self.progress.value, self.progress.bar_style = 0.0, ""
+        self.phase.value = ""
+        self._set_outcome("Launching…")
+        self.launch_button.disabled = True
+        self._stopping = ""
+        self._thread = start_thread(self.errors, lambda: self._launch(config), "launch")
+        return self._thread
+
+    def _launch(self, config: ServeConfig) -> None:
+        from ..api import serve
+
+        try:
+            try:
+                result = serve(config, wait=False, owner_kind="kernel" if in_notebook_kernel() else "python")
+            except BaseException:
+                self._set_outcome("Launch failed", error=True)
+                raise
+            server = self._target = result.server
+            name = html.escape(server.name)
+            self._set_outcome(f"{result.outcome} <b>{name}</b> at {html.escape(server.base_url)}/v1")
+            self.on_server(server)
+            started = time.monotonic()
+            try:
+                server.wait_until_ready()
+            except BaseException as exc:
+                if isinstance(exc, MixVLLMError) and self._stopping == server.name:
+                    self._set_outcome(f"{name} stopped while starting")  # the user's Stop: not a failure
+                    return
+                self.progress.bar_style = "danger"
+                self._set_outcome(f"{result.outcome} <b>{name}</b>: failed to start", error=True)
+                raise
+            self.show_progress(server, "ready")
+            waited = f" after {time.monotonic() - started:.0f} s" if result.outcome == "Launched" else ""
+            self._set_outcome(f"{result.outcome} <b>{name}</b>: ready{waited} at {html.escape(server.base_url)}/v1")
+        finally:
+            self.launch_button.disabled = False
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current launch has finished (for scripts and tests)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self) -> threading.Thread:
+        """Stop the selected server (in a background thread: a clean stop takes seconds)."""
+        from ..api import stop_server
+
+        server = self.get_server()
+        if server is None:
+            raise MixVLLMError("no server selected: nothing to stop")
+        self._set_outcome(f"Stopping <b>{html.escape(server.name)}</b>…")
+        self._stopping = server.name
+
+        def run() -> None:
+            summary = stop_server(server.name)
+            if server.process is None:
+                server.state = "stopped"  # a handle from the registry has no heartbeat to say so
+            self._set_outcome(html.escape(summary))
+
+        return start_thread(self.errors, run, "stop")
+
+    def show_progress(self, server: Any, state: str) -> None:
+        """Show the start-up phase read from the server's log (called by the monitor thread)."""
+        if self.busy and server is not self._target:
+            return  # a launch is under way: the previously selected server's ticks must not show
+        name = html.escape(server.name)
+        if state == "starting":
+            phase = logs.phase(logs.read_text(server.log_path)) if server.log_path else "launching"
+            self.progress.value = logs.phase_progress(phase)
+            self.phase.value = f"<span style='{GREY}'>{name}: {html.escape(phase)}</span>"
+        elif state == "ready":
+            self.progress.value, self.progress.bar_style = 1.0, "success"
+            self.phase.value = f"<span style='color:#1a7f37'>{name}: ready</span>"
+            if self._reported_for is not server:  # read the log once per server, not every tick
+                self._reported_for = server
+                self.reported.value = reported_summary(server)
+        else:
+            self.progress.bar_style = "danger" if state in ("crashed", "unhealthy") else ""
+            self.phase.value = f"<span style='{GREY}'>{name}: {html.escape(state)}</span>"
+
+    def _set_outcome(self, text: str, *, error: bool = False) -> None:
+        self.outcome_text = text
+        style = "color:#cf222e" if error else ""
+        self.outcome.value = f"<div style='{style}'>{text}</div>"
