@@ -40,6 +40,14 @@ class ServeResult:
 
     server: InferenceServer
     outcome: str
+    # Why ``backend: auto`` chose this engine (empty when the config named one).
+    engine_reason: str = ""
+
+    @property
+    def engine(self) -> str:
+        """The engine in words, and why when ``auto`` chose a light one: ``llama.cpp (vLLM is not installed)``."""
+        label = self.server.engine_label
+        return f"{label} ({self.engine_reason})" if self.engine_reason and label != "vLLM" else label
 
 
 def serve(
@@ -56,6 +64,11 @@ def serve(
     A server under the requested name with a different config is an error unless ``replace``,
     which stops it first.
     """
+    reason = ""
+    if config.backend == "auto":
+        from .backends.auto import choose_engine
+
+        reason = choose_engine()[1]
     server = server_for_config(config, detach=detach, owner_kind=owner_kind)
     server.prepare()  # resolve the default model etc., so identities compare what would run
     identity = server.config.identity()
@@ -67,7 +80,7 @@ def serve(
     if existing is not None:
         same = existing.identity == identity and not existing.attached
         if same and reuse and not replace:
-            return ServeResult(server_from_record(existing), "Reused")
+            return ServeResult(server_from_record(existing), "Reused", reason)
         if not replace:
             raise ConfigError(
                 f"server.name: {name!r} is already running with a different config; "
@@ -82,9 +95,9 @@ def serve(
                 and not record.is_dead()
                 and record.state in ("starting", "ready")
             ):
-                return ServeResult(server_from_record(record), "Reused")
+                return ServeResult(server_from_record(record), "Reused", reason)
     server.start(wait=wait)
-    return ServeResult(server, "Launched")
+    return ServeResult(server, "Launched", reason)
 
 
 def server_from_record(record: registry.ServerRecord) -> InferenceServer:

@@ -5,8 +5,9 @@ Where it connects, first match wins: ``--base-url``/``--api-key``; ``OPENAI_BASE
 looked up in the registry (directly to that server); the newest running server in the registry.
 
 Commands: ``/system TEXT`` sets the system prompt (``/system`` alone clears it), ``/reset`` forgets the
-conversation, ``/temperature 0.3`` (``/temperature`` alone: the server's default), ``/help``, ``/exit``;
-Ctrl+D quits, Ctrl+C stops an answer.
+conversation, ``/temperature 0.3`` and ``/max_tokens 200`` (alone: the server's default), ``/help``,
+``/exit`` (or ``exit``, ``quit``); Ctrl+D quits, Ctrl+C stops an answer. A server whose engine has no
+server-side generation defaults (llama.cpp) gets its config's defaults with each request.
 """
 
 from __future__ import annotations
@@ -24,8 +25,15 @@ HELP = """commands:
   /system TEXT        set the system prompt (/system alone clears it)
   /reset              forget the conversation (the system prompt stays)
   /temperature 0.3    sampling temperature 0-2 (/temperature alone: the server's default)
+  /max_tokens 200     longest answer in tokens (/max_tokens alone: the server's default)
   /help               this help
-  /exit               quit (or Ctrl+D); Ctrl+C stops an answer"""
+  /exit               quit (or exit, quit, Ctrl+D); Ctrl+C stops an answer"""
+
+# Settable with /NAME VALUE: (type, lowest, highest, what is allowed in words).
+SETTINGS: dict[str, tuple[type, float, float, str]] = {
+    "temperature": (float, 0.0, 2.0, "a number from 0 to 2"),
+    "max_tokens": (int, 1, 1_000_000, "a whole number of tokens, at least 1"),
+}
 
 
 @dataclass
@@ -54,6 +62,8 @@ class ChatSession:
             return True
         if text.startswith("/"):
             return self.command(text)
+        if text.lower() in ("exit", "quit"):
+            return False
         self.ask(text)
         return True
 
@@ -69,29 +79,30 @@ class ChatSession:
         elif name == "/system":
             self.conversation.system = arg or None
             self.say(f"[system prompt: {arg}]" if arg else "[system prompt cleared]")
-        elif name == "/temperature":
-            self.set_temperature(arg)
+        elif name[1:] in SETTINGS:
+            self.set_param(name[1:], arg)
         elif name == "/help":
             self.say(HELP)
         else:
             self.say(f"[unknown command {name}; /help lists them]")
         return True
 
-    def set_temperature(self, arg: str) -> None:
-        """Set or clear the temperature, refusing values outside 0-2."""
+    def set_param(self, name: str, arg: str) -> None:
+        """Set a sampling setting (see SETTINGS), or clear it with no value; refuse values out of range."""
+        kind, low, high, allowed = SETTINGS[name]
         if not arg:
-            self.params.pop("temperature", None)
-            self.say("[temperature: the server's default]")
+            self.params.pop(name, None)
+            self.say(f"[{name}: the server's default]")
             return
         try:
-            value = float(arg)
+            value = kind(arg)
         except ValueError:
-            value = -1.0
-        if not 0.0 <= value <= 2.0:
-            self.say(f"[temperature {arg!r} is not allowed: give a number from 0 to 2]")
+            value = None
+        if value is None or not low <= value <= high:
+            self.say(f"[{name} {arg!r} is not allowed: give {allowed}]")
             return
-        self.params["temperature"] = value
-        self.say(f"[temperature: {value}]")
+        self.params[name] = value
+        self.say(f"[{name}: {value}]")
 
     def ask(self, text: str) -> None:
         """Send a question and print the answer as it streams in."""
@@ -140,6 +151,21 @@ def resolve_endpoint(args: argparse.Namespace, env: dict[str, str] | None = None
     return Endpoint(f"{record.base_url.rstrip('/')}/v1", args.api_key or record.api_key or "EMPTY", record.name)
 
 
+def client_defaults(name: str | None) -> dict[str, Any]:
+    """Return the sampling defaults a client must send to the registered server ``name`` itself
+    (its engine cannot apply them server-side); nothing for vLLM, an unknown name, or no name."""
+    if not name:
+        return {}
+    from .api import server_from_record
+    from .errors import MixVLLMError
+    from .process import registry
+
+    try:
+        return server_from_record(registry.get(name)).request_defaults()
+    except (MixVLLMError, ValueError):
+        return {}
+
+
 def first_model(client: Any) -> str:
     """Return the first model the server lists."""
     models = client.models.list()
@@ -157,6 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help="model name (default: the server's first)")
     parser.add_argument("--system", help="system prompt")
     parser.add_argument("--temperature", type=float, help="sampling temperature 0-2 (default: the server's)")
+    parser.add_argument("--max-tokens", type=int, help="longest answer in tokens (default: the server's)")
     return parser.parse_args(argv)
 
 
@@ -172,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"mixvllm-chat: cannot reach {endpoint.base_url}: {_one_line(exc)}", file=sys.stderr)
         return 1
-    session = ChatSession(client, model)
+    session = ChatSession(client, model, params=client_defaults(args.server or os.environ.get("MIXVLLM_SERVER")))
     if args.system:
         session.conversation.system = args.system
-    if args.temperature is not None:
-        session.set_temperature(str(args.temperature))
+    for name in SETTINGS:
+        if getattr(args, name) is not None:
+            session.set_param(name, str(getattr(args, name)))
     try:
         import readline  # noqa: F401  (line editing and input history for input())
     except ImportError:

@@ -48,7 +48,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     add("--host", help="bind address (default 127.0.0.1: loopback only)")
     add("--port", type=int, help="port 1024-65535 (default: a free one)")
     add("--name", help="registry name (default: from the model)")
-    add("--backend", help="vllm (default) or sglang")
+    add("--backend", help="auto (default: vLLM where it fits, else llama.cpp), vllm, llamacpp or sglang")
     add("--temperature", type=float, help="default temperature, 0-2")
     add("--max-tokens", type=int, help="default answer length")
     add("--top-p", type=float, help="default nucleus mass, 0 < p <= 1")
@@ -96,13 +96,15 @@ def cmd_serve(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        print(f"{PROG}: starting {server.served_model_name} ...", flush=True)
+        print(f"{PROG}: starting {server.served_model_name} on {server.engine_label} ...", flush=True)
         server.start()
         print(
             f"{PROG}: {server.name} ready at {server.base_url}/v1 (pid {server.pid}); "
             f"log {server.log_path}; API key: `{PROG} key {server.name}`",
             flush=True,
         )
+        if server.config.terminal.enabled:  # a shell has no Jupyter terminal to open: say what to run
+            print(f"{PROG}: chat with it in another terminal: mixvllm-chat --server {server.name}", flush=True)
         if args.detach:
             return 0
         while server.state in ("ready", "unhealthy", "starting"):

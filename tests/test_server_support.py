@@ -202,8 +202,10 @@ def _handler_class(upstream: StandInUpstream) -> type[BaseHTTPRequestHandler]:
 class JupyterProcess:
     """A real ``jupyter server`` subprocess with this extension on, for clients that block (openai, httpx)."""
 
-    def __init__(self, root: Path, home: Path, *, extra_config: dict[str, Any] | None = None):
+    def __init__(self, root: Path, home: Path, *, extra_config: dict[str, Any] | None = None,
+                 python: str = sys.executable):
         self.root = root
+        self.python = python
         self.token = secrets.token_hex(16)
         self.port = free_port()
         self.runtime_dir = home / "runtime"
@@ -221,7 +223,7 @@ class JupyterProcess:
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 60.0) -> JupyterProcess:
-        command = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+        command = [self.python, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
                    "--ServerApp.port_retries=0", "--allow-root", f"--ServerApp.root_dir={self.root}",
                    f"--IdentityProvider.token={self.token}"]
         with open(self.log_path, "ab") as log:

@@ -1,4 +1,4 @@
-"""Inference backends: vLLM, SGLang, and any custom subclass registered by name."""
+"""Inference backends: vLLM, SGLang, llama.cpp, ``auto``, and any custom subclass registered by name."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ _CUSTOM: dict[str, type[InferenceServer]] = {}
 
 def backend_names() -> list[str]:
     """Return the names a config's ``backend`` may take."""
-    return ["vllm", "sglang", *sorted(_CUSTOM)]
+    return ["auto", "vllm", "sglang", "llamacpp", *sorted(_CUSTOM)]
 
 
 def register_backend(cls: type[InferenceServer]) -> type[InferenceServer]:
@@ -25,7 +25,11 @@ def register_backend(cls: type[InferenceServer]) -> type[InferenceServer]:
 
 
 def backend_class(name: str) -> type[InferenceServer]:
-    """Return the server class for a backend name."""
+    """Return the server class for a backend name (``auto``: the engine chosen for this machine)."""
+    if name == "auto":
+        from .auto import choose_engine
+
+        name = choose_engine()[0]
     if name == "vllm":
         from .vllm import VLLMServer
 
@@ -34,6 +38,10 @@ def backend_class(name: str) -> type[InferenceServer]:
         from .sglang import SGLangServer
 
         return SGLangServer
+    if name == "llamacpp":
+        from .llamacpp import LlamaCppServer
+
+        return LlamaCppServer
     if name in _CUSTOM:
         return _CUSTOM[name]
     raise ValueError(f"unknown backend {name!r}; allowed: {', '.join(backend_names())}")

@@ -18,6 +18,7 @@ class SGLangServer(InferenceServer):
     """An SGLang OpenAI-compatible server."""
 
     backend_name: ClassVar[str] = "sglang"
+    engine_label: ClassVar[str] = "SGLang"
 
     @property
     def api_key(self) -> str:

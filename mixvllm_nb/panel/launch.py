@@ -21,6 +21,7 @@ GREY = "color:#57606a"
 # Widget name -> dotted config path; the widgets show a config, and only what differs is overridden.
 FIELDS = {
     "model": "model.name",
+    "trust_remote_code": "model.trust_remote_code",
     "name": "server.name",
     "dtype": "inference.dtype",
     "quantization": "inference.quantization",
@@ -91,6 +92,9 @@ class LaunchSection(widgets.VBox):
         self.inputs: dict[str, widgets.ValueWidget] = {
             "model": widgets.Text(description="model", placeholder="default: SmolLM2-135M-Instruct (embedded)",
                                   style=style, layout=wide),
+            "trust_remote_code": widgets.Checkbox(
+                description="trust remote code", value=False, style=style, layout=wide,
+                tooltip="run the model's own Python code (Phi-3 and others): only for models you trust"),
             "name": widgets.Text(description="server name", placeholder="default: from the model",
                                  style=style, layout=wide),
             "dtype": widgets.Dropdown(description="dtype", style=style, layout=narrow, options=[

@@ -53,8 +53,8 @@ def process_tree_rss(pid: int | None) -> int | None:
         return None
 
 
-def gpu_memory() -> list[tuple[str, int, int]]:
-    """Return ``(label, used, total)`` bytes per GPU; empty on a machine without one.
+def gpu_memory() -> list[tuple[str, int, int, int | None]]:
+    """Return ``(label, used, total, utilization %)`` per GPU (bytes); empty on a machine without one.
 
     nvidia-smi first: it reads the driver's numbers without creating a CUDA context in the kernel
     (torch would hold hundreds of MiB of GPU memory for the rest of the session).
@@ -62,15 +62,16 @@ def gpu_memory() -> list[tuple[str, int, int]]:
     from .. import gpu
 
     gpus = gpu._from_nvidia_smi() or gpu.detect_gpus()
-    return [(f"GPU {g.index} {g.name}", g.total_memory - (g.free_memory or 0), g.total_memory)
+    return [(f"GPU {g.index} {g.name}", g.total_memory - (g.free_memory or 0), g.total_memory, g.utilization)
             for g in gpus if g.free_memory is not None]
 
 
-def reported_summary(server: Any, label: str = "vLLM reported", css: str = "mixvllm-reported") -> str:
-    """Return what vLLM logged about its KV cache, as HTML ('' before it has)."""
+def reported_summary(server: Any, label: str = "{engine} reported", css: str = "mixvllm-reported") -> str:
+    """Return what the engine logged about its KV cache, as HTML ('' before it has)."""
     report = logs.kv_cache_report(logs.read_text(server.log_path)) if server.log_path else None
     if report is None:
         return ""
+    label = label.format(engine=getattr(server, "engine_label", "vLLM"))
     return f"<div class='{css}'>{html.escape(label)}: <b>{html.escape(str(report))}</b></div>"
 
 
@@ -181,7 +182,7 @@ class MonitorSection(widgets.VBox):
         rss = None if getattr(server, "attached", False) or state in TERMINAL_STATES else process_tree_rss(server.pid)
         figures: dict[str, Any] = {"state": state, "rss": rss, "gpus": [] if self.on_cpu else gpu_memory(), **load}
         if state == "ready" and not self._capacity_read:  # read the log once, not every tick
-            figures["capacity"] = reported_summary(server, "KV cache capacity (vLLM)", "mixvllm-capacity")
+            figures["capacity"] = reported_summary(server, "KV cache capacity ({engine})", "mixvllm-capacity")
         return figures
 
     def show(self, server: Any, figures: dict[str, Any]) -> None:
@@ -215,14 +216,14 @@ class MonitorSection(widgets.VBox):
 
     def _show_memory(self, figures: dict[str, Any], server: Any) -> None:
         if figures["gpus"]:
-            for label, used, total in figures["gpus"]:
+            for label, used, total, busy in figures["gpus"]:
                 if label not in self._rows:
                     row, bar, text = _bar(label)
                     self._rows[label] = (bar, text)
                     self.memory.children = (*self.memory.children, row)
                 bar, text = self._rows[label]
                 bar.value = used / total if total else 0.0
-                text.value = f"{used / GIB:.1f} / {total / GIB:.1f} GiB"
+                text.value = f"{used / GIB:.1f} / {total / GIB:.1f} GiB" + ("" if busy is None else f" · {busy} % busy")
             return
         if "cpu" not in self._rows:
             row, bar, text = _bar("Server memory (RSS)")

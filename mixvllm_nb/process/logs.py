@@ -8,13 +8,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# Start-up phases in the order vLLM goes through them, each with the log line that announces it.
+# Start-up phases in the order vLLM goes through them, each with the log line that announces it
+# (and llama.cpp's, for the light engine).
 PHASES: list[tuple[str, re.Pattern[str]]] = [
     ("importing", re.compile(r"non-default args|vLLM API server version|version \d+\.\d+")),
     ("resolving model", re.compile(r"Resolved architecture|Using max model len")),
     ("starting engine", re.compile(r"Initializing a V1 LLM engine|EngineCore")),
-    ("loading weights", re.compile(r"Starting to load model|Loading safetensors|Loading weights")),
-    ("allocating KV cache", re.compile(r"KV cache size:|Explicitly set .* for KV cache")),
+    ("loading weights", re.compile(r"Starting to load model|Loading safetensors|Loading weights|load_tensors:")),
+    ("allocating KV cache", re.compile(r"KV cache size:|Explicitly set .* for KV cache|llama_kv_cache: size")),
     ("compiling / warming up", re.compile(r"init engine \(profile|Capturing|torch\.compile|warm")),
     ("starting API", re.compile(r"Starting vLLM (API )?server|Available routes")),
     ("ready", re.compile(r"Application startup complete")),
@@ -25,6 +26,8 @@ _KV_RE = re.compile(r"KV cache size: ([\d,]+) tokens")
 _CONCURRENCY_RE = re.compile(
     r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x"
 )
+# llama.cpp: "llama_kv_cache: size =   45.00 MiB (  2048 cells,  30 layers,  1/1 seqs), ..."
+_LLAMA_KV_RE = re.compile(r"llama_kv_cache: size = .*?\(\s*(\d+) cells, .*?(\d+)/(\d+) seqs\)")
 _ERROR_RE = re.compile(r"^(?:\S+ )?(?:[A-Za-z_.]+\.)?([A-Z]\w*(?:Error|Exception)|Exit\w*): (.+)$")
 
 
@@ -86,10 +89,15 @@ def phase_progress(name: str) -> float:
 
 
 def kv_cache_report(text: str) -> KVCacheReport | None:
-    """Return the KV cache capacity vLLM logged, or None before it has."""
+    """Return the KV cache capacity the engine logged (vLLM, or llama.cpp's), or None before it has."""
     kv = _KV_RE.findall(text)
     if not kv:
-        return None
+        llama = _LLAMA_KV_RE.findall(text)
+        if not llama:
+            return None
+        cells, _, sequences = (int(n) for n in llama[-1])
+        # llama.cpp holds one context of n_ctx cells per sequence slot: one request at a time.
+        return KVCacheReport(cells, cells // sequences, float(sequences))
     concurrency = _CONCURRENCY_RE.findall(text)
     tokens = int(kv[-1].replace(",", ""))
     if concurrency:

@@ -45,6 +45,13 @@ class InferenceServer:
     """
 
     backend_name: ClassVar[str] = "base"
+    # How people call the engine in messages ("Launched x on vLLM").
+    engine_label: ClassVar[str] = "custom"
+    # True when the engine itself applies the config's generation_defaults to every request;
+    # otherwise our clients send them (see request_defaults).
+    applies_generation_defaults: ClassVar[bool] = True
+    # False for an engine without vLLM's Prometheus /metrics: status and panel say "n/a".
+    has_metrics: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -103,6 +110,30 @@ class InferenceServer:
         """Return True when the server answers requests (default: the health endpoint is 200)."""
         return self.check_health()
 
+    def check_resources(self) -> None:
+        """Raise ConfigError, before anything is launched, when this machine cannot run the config."""
+
+    def default_model(self, *, convert: bool = True) -> tuple[str, str]:
+        """Return what to serve when no model is named, and the name clients use for it.
+
+        The embedded SmolLM2 as a Hugging Face folder (converted once from its GGUF when needed;
+        ``convert=False`` only names the folder it would be converted into).
+        """
+        from ..models import DEFAULT_MODEL_ID, converted_model_dir, resolve_default_model
+
+        try:
+            resolved = resolve_default_model(prepare=convert)
+        except MixVLLMError:
+            return str(converted_model_dir()), DEFAULT_MODEL_ID
+        return resolved.model, resolved.served_model_name
+
+    def request_defaults(self) -> dict[str, Any]:
+        """Return the sampling parameters a client must send itself: the config's generation
+        defaults when the engine cannot apply them server-side, else nothing."""
+        if self.applies_generation_defaults:
+            return {}
+        return self.config.generation_defaults.as_request_params()
+
     # -- resolved settings --------------------------------------------------------------------------
 
     def prepare(self, *, convert_default_model: bool = True) -> None:
@@ -111,15 +142,7 @@ class InferenceServer:
             return
         cfg = self.config
         if cfg.model.name is None:
-            from ..models import resolve_default_model
-
-            try:
-                resolved = resolve_default_model(prepare=convert_default_model)
-                model_name, served = resolved.model, resolved.served_model_name
-            except MixVLLMError:
-                from ..models import DEFAULT_MODEL_ID, converted_model_dir
-
-                model_name, served = str(converted_model_dir()), DEFAULT_MODEL_ID
+            model_name, served = self.default_model(convert=convert_default_model)
             cfg.model.name = model_name
             if cfg.model.served_model_name is None:
                 cfg.model.served_model_name = served
@@ -218,6 +241,7 @@ class InferenceServer:
                 raise MixVLLMError(f"server {self.name} is already {self.state}")
             explicit_port = self.config.server.port is not None
             self.prepare()
+            self.check_resources()
             if explicit_port:
                 ensure_port_free(self.host, self.port)
             self.name = self._claim_name()

