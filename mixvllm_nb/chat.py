@@ -6,8 +6,7 @@ looked up in the registry (directly to that server); the newest running server i
 
 Commands: ``/system TEXT`` sets the system prompt (``/system`` alone clears it), ``/reset`` forgets the
 conversation, ``/temperature 0.3`` and ``/max_tokens 200`` (alone: the server's default), ``/help``,
-``/exit`` (or ``exit``, ``quit``); Ctrl+D quits, Ctrl+C stops an answer. A server whose engine has no
-server-side generation defaults (llama.cpp) gets its config's defaults with each request.
+``/exit`` (or ``exit``, ``quit``); Ctrl+D quits, Ctrl+C stops an answer.
 """
 
 from __future__ import annotations
@@ -151,21 +150,6 @@ def resolve_endpoint(args: argparse.Namespace, env: dict[str, str] | None = None
     return Endpoint(f"{record.base_url.rstrip('/')}/v1", args.api_key or record.api_key or "EMPTY", record.name)
 
 
-def client_defaults(name: str | None) -> dict[str, Any]:
-    """Return the sampling defaults a client must send to the registered server ``name`` itself
-    (its engine cannot apply them server-side); nothing for vLLM, an unknown name, or no name."""
-    if not name:
-        return {}
-    from .api import server_from_record
-    from .errors import MixVLLMError
-    from .process import registry
-
-    try:
-        return server_from_record(registry.get(name)).request_defaults()
-    except (MixVLLMError, ValueError):
-        return {}
-
-
 def first_model(client: Any) -> str:
     """Return the first model the server lists."""
     models = client.models.list()
@@ -199,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"mixvllm-chat: cannot reach {endpoint.base_url}: {_one_line(exc)}", file=sys.stderr)
         return 1
-    session = ChatSession(client, model, params=client_defaults(args.server or os.environ.get("MIXVLLM_SERVER")))
+    session = ChatSession(client, model)
     if args.system:
         session.conversation.system = args.system
     for name in SETTINGS:

@@ -38,10 +38,8 @@ def sampling_arguments(func):
     return func
 
 
-def _sampling(args: Any, server: Any) -> dict[str, Any]:
-    """Return the sampling flags given, over the defaults the client must send for ``server``."""
-    given = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in SAMPLING_FLAGS}
-    return {**server.request_defaults(), **{key: value for key, value in given.items() if value is not None}}
+def _sampling(args: Any) -> dict[str, Any]:
+    return {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in SAMPLING_FLAGS}
 
 
 def _parse(magic: Any, line: str) -> Any:
@@ -309,7 +307,7 @@ class VLLMMagics(Magics):
         client = openai_client(server.base_url, server.api_key)
         try:
             pieces = chat_turn(client, server.served_model_name, conversation, text, images=args.image,
-                               **_sampling(args, server))
+                               **_sampling(args))
             _print_stream(pieces)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -332,7 +330,7 @@ class VLLMMagics(Magics):
         server = self._server(args.server)
         client = openai_client(server.base_url, server.api_key)
         try:
-            _print_stream(stream_completion(client, server.served_model_name, prompt, **_sampling(args, server)))
+            _print_stream(stream_completion(client, server.served_model_name, prompt, **_sampling(args)))
         except KeyboardInterrupt:
             print("\n[interrupted: the request was cancelled; the server keeps running]")
 

@@ -95,14 +95,3 @@ def test_max_tokens_and_bare_exit_quit_the_chat(upstream):
     assert [c.get("max_tokens") for c in chats] == [7, None]  # the flag's 3, then 7, then the server's
     assert "[max_tokens 'zero' is not allowed: give a whole number of tokens, at least 1]" in result.stdout
 
-
-def test_a_llamacpp_servers_defaults_are_sent_by_the_chat(upstream):
-    """An engine without server-side defaults gets the config's with each request (registry lookup)."""
-    record = registry.get("chat-standin")
-    registry.update("chat-standin", backend="llamacpp",
-                    config={**record.config, "backend": "llamacpp",
-                            "generation_defaults": {"temperature": 0.0, "max_tokens": 9}})
-    result = run_chat(["hello"], {"MIXVLLM_SERVER": "chat-standin"})
-    assert result.returncode == 0, result.stderr
-    chat = next(hit.json() for hit in upstream.hits if hit.path == "/v1/chat/completions")
-    assert chat["temperature"] == 0.0 and chat["max_tokens"] == 9

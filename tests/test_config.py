@@ -336,7 +336,7 @@ def test_every_example_config_validates_and_dry_runs(path, capsys):
     command = out.split("# launch command\n")[1]
     config = load_server_config(path)
     assert config.model.name is None or config.model.name in command
-    assert ("llama_cpp.server" in command) == (config.backend == "llamacpp")
+    assert ("llamacpp_serve" in command) == (config.backend == "llamacpp")
 
 
 def test_a_layout_needing_more_gpus_than_present_is_refused_before_launch(monkeypatch):

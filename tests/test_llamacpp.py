@@ -1,7 +1,7 @@
 """The light engine: a real llama.cpp server (llama-cpp-python) on the embedded SmolLM2, as float16 GGUF.
 
-What Binder runs (1-2 GB of memory, no vLLM): the same process manager, registry, magics' sampling
-defaults and Jupyter proxy, on ``python -m llama_cpp.server``. The engine choice of ``backend: auto``
+What Binder runs (1-2 GB of memory, no vLLM): the same process manager, registry, server-side
+generation defaults and Jupyter proxy, on ``llama_cpp.server`` (through ``llamacpp_serve``). The engine choice of ``backend: auto``
 is tested by deciding it for machines this one is not (no vLLM, 2 GB): only the facts it reads
 (what is installed, the memory limit) are stood in for.
 """
@@ -19,7 +19,7 @@ from test_server_support import JupyterProcess
 from mixvllm_nb.api import serve, server_for_config
 from mixvllm_nb.backends import auto
 from mixvllm_nb.backends.llamacpp import LlamaCppServer
-from mixvllm_nb.client import openai_client, request_params
+from mixvllm_nb.client import openai_client
 from mixvllm_nb.config import ServeConfig, config_from_dict
 from mixvllm_nb.errors import ConfigError
 from mixvllm_nb.models import DEFAULT_MODEL_ID, f16_gguf_path
@@ -47,19 +47,20 @@ def test_it_serves_the_float16_gguf_under_the_hub_name(light_server):
     assert [m.id for m in client.models.list().data] == [DEFAULT_MODEL_ID]
 
 
-def test_chat_streams_a_right_answer_with_the_config_defaults_sent_by_the_client(light_server):
-    # llama.cpp has no server-side defaults: request_defaults() is what our magics, panel and chat send.
-    defaults = light_server.request_defaults()
-    assert defaults == {"temperature": 0.0, "max_tokens": 48}
+def test_any_client_gets_the_config_defaults_and_a_right_streamed_answer(light_server):
+    # A plain openai client that sets nothing: temperature 0 and max_tokens 48 come from the server.
     client = openai_client(light_server.base_url, light_server.api_key)
-    stream = client.chat.completions.create(model=DEFAULT_MODEL_ID, messages=QUESTION, stream=True,
-                                            **request_params(defaults))
+    stream = client.chat.completions.create(model=DEFAULT_MODEL_ID, messages=QUESTION, stream=True)
     pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 3, pieces
     assert "Paris" in "".join(pieces)  # float16 weights; the shipped Q4_1 file answers nonsense here
-    short = client.chat.completions.create(model=DEFAULT_MODEL_ID, messages=QUESTION,
-                                           **request_params({**defaults, "max_tokens": 5}))
-    assert short.usage.completion_tokens <= 5
+    poem = [{"role": "user", "content": "Write a long poem about the sea."}]
+    assert client.chat.completions.create(model=DEFAULT_MODEL_ID, messages=poem).usage.completion_tokens == 48
+    short = client.chat.completions.create(model=DEFAULT_MODEL_ID, messages=poem, max_tokens=5)
+    assert short.usage.completion_tokens == 5  # what the request sets wins
+    greedy = {client.completions.create(model=DEFAULT_MODEL_ID, prompt="Once upon a time").choices[0].text
+              for _ in range(2)}
+    assert len(greedy) == 1  # temperature 0 from the server: the same continuation twice
 
 
 def test_the_key_guards_it_and_never_reaches_the_command_line(light_server):
@@ -154,7 +155,7 @@ def test_auto_on_a_binder_sized_machine_builds_a_llamacpp_server(monkeypatch):
     _machine(monkeypatch, vllm=True, llamacpp=True, memory_gib=1.5)
     server = server_for_config(ServeConfig())
     assert server.config.backend == "llamacpp"
-    assert server.get_launch_command()[1:3] == ["-m", "llama_cpp.server"]
+    assert server.get_launch_command()[1:3] == ["-m", "mixvllm_nb.backends.llamacpp_serve"]
 
 
 def test_the_engine_can_be_forced_and_a_wrong_name_is_one_line(monkeypatch):
@@ -172,3 +173,17 @@ def test_this_machines_memory_limit_is_read_from_the_cgroup_or_the_os():
                           "print(any(m in sys.modules for m in ('vllm', 'torch', 'llama_cpp')))"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # choosing an engine imports none of them
+
+
+def test_a_body_that_is_no_json_object_is_a_one_line_400(light_server):
+    import httpx
+
+    url = f"{light_server.base_url}/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {light_server.api_key}", "Content-Type": "application/json"}
+    for body, expected in ((b"{not json", "request body: invalid JSON"),
+                           (b"[1, 2]", "request body: expected a JSON object, got list")):
+        response = httpx.post(url, content=body, headers=auth, timeout=30)
+        assert response.status_code == 400  # llama_cpp.server alone answers 500 with a traceback
+        message = response.json()["error"]["message"]
+        assert message.startswith(expected) and "\n" not in message
+    assert light_server.check_health()  # and the server is still fine

