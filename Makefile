@@ -9,5 +9,5 @@ lab: setup
 
 test:
 	bash scripts/setup.sh --test
-	.venv/bin/ruff check mixvllm_nb tests benchmarks conftest.py
+	.venv/bin/ruff check mixvllm_nb tests benchmarks scripts conftest.py
 	.venv/bin/python -m pytest

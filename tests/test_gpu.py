@@ -51,3 +51,15 @@ def test_the_panel_shows_memory_and_utilization_per_gpu(two_gpus):
 def test_a_cpu_machine_answers_none_at_once():
     gpu.detect_gpus(refresh=True)
     assert gpu.detect_gpus() == [] and not gpu.has_gpu()
+
+
+def test_the_planner_plans_for_the_detected_gpu_by_its_table_name(two_gpus):
+    from pathlib import Path
+
+    from mixvllm_nb.config import ServeConfig
+    from mixvllm_nb.plan import plan_for_config
+
+    config_json = Path(__file__).parent / "data" / "model_configs" / "llama-3.1-8b.json"
+    planned = plan_for_config(ServeConfig.model_validate({"model": {"name": str(config_json)},
+                                                          "inference": {"max_model_len": 8192}}))
+    assert planned.device.startswith("H100") and planned.fits and planned.kv_cache_tokens > 100_000

@@ -115,6 +115,6 @@ def resolve_gpu(gpu: str | float | int) -> tuple[str, int, bool]:
     if isinstance(gpu, int | float):
         if not 0 < gpu < float("inf"):
             raise ValueError(f"gpu={gpu!r} GiB is not allowed: memory must be a positive number")
-        return f"{gpu:g} GiB GPU", int(gpu * _GIB), True
+        return f"{gpu:.4g} GiB GPU", int(gpu * _GIB), True
     spec = find_gpu(gpu)
     return spec.name, spec.memory_bytes, spec.supports_bf16_fp8

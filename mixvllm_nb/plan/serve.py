@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .planner import MemoryPlan, plan
 
@@ -43,5 +43,16 @@ def plan_for_config(config: ServeConfig, *, gpu: str | float | None = None) -> M
     if on_cpu:
         kwargs["cpu_kv_cache_gib"] = inference.cpu_kv_cache_gib
     else:
-        kwargs["gpu"] = gpu if gpu is not None else gpus[0].total_memory / 2**30
+        kwargs["gpu"] = gpu if gpu is not None else _detected(gpus[0])
     return plan(model, **kwargs)
+
+
+def _detected(found: Any) -> str | float:
+    """Return the detected GPU's name when the GPU table knows it (its bf16/fp8 support then
+    counts: a T4 has neither), else its memory in GiB as the driver reports it."""
+    from .gpus import find_gpu
+
+    try:
+        return find_gpu(found.name).name
+    except ValueError:
+        return found.total_memory / 2**30
