@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,30 +86,81 @@ class Conversation:
         return head + self.messages
 
 
-def stream_chat(client: Any, model: str, messages: list[dict[str, Any]], **params: Any) -> Iterator[str]:
-    """Yield the answer's text pieces as they arrive."""
-    stream = client.chat.completions.create(model=model, messages=messages, stream=True, **request_params(params))
+@dataclass
+class StreamStats:
+    """What a streamed answer cost: token usage (when the server reports it) and timings."""
+
+    usage: dict[str, int] | None = None
+    pieces: int = 0
+    first_piece_s: float | None = None
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        """Return one line such as ``7 tokens (12 prompt) in 0.42 s, first after 80 ms, 17 tokens/s``."""
+        tokens = self.usage["completion_tokens"] if self.usage else self.pieces
+        unit = "tokens" if self.usage else "pieces"
+        parts = [f"{tokens} {unit}" + (f" ({self.usage['prompt_tokens']} prompt)" if self.usage else "")
+                 + f" in {self.elapsed_s:.2f} s"]
+        if self.first_piece_s is not None:
+            parts.append(f"first after {self.first_piece_s * 1000:.0f} ms")
+        if self.elapsed_s > 0 and tokens:
+            parts.append(f"{tokens / self.elapsed_s:.1f} {unit}/s")
+        return ", ".join(parts)
+
+
+@dataclass
+class Reply:
+    """A finished answer: its text, and what it cost (``stats``)."""
+
+    text: str
+    stats: StreamStats
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        """Prompt, completion and total tokens, as the server counted them (None if it did not say)."""
+        return self.stats.usage
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _stream(stream: Any, text_of: Any, stats: StreamStats | None) -> Iterator[str]:
+    stats = stats if stats is not None else StreamStats()
+    started = time.perf_counter()
     try:
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                yield chunk.choices[0].delta.content
+            if chunk.choices and (piece := text_of(chunk.choices[0])):
+                if stats.first_piece_s is None:
+                    stats.first_piece_s = time.perf_counter() - started
+                stats.pieces += 1
+                yield piece
+            if getattr(chunk, "usage", None):  # the last chunk, when the server reports usage
+                stats.usage = {k: getattr(chunk.usage, k) for k in ("prompt_tokens", "completion_tokens",
+                                                                   "total_tokens")}
     finally:
+        stats.elapsed_s = time.perf_counter() - started
         stream.close()  # a consumer that stops early aborts the request on the server
 
 
-def stream_completion(client: Any, model: str, prompt: str, **params: Any) -> Iterator[str]:
-    """Yield a plain completion's text pieces as they arrive."""
-    stream = client.completions.create(model=model, prompt=prompt, stream=True, **request_params(params))
-    try:
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].text:
-                yield chunk.choices[0].text
-    finally:
-        stream.close()
+def stream_chat(client: Any, model: str, messages: list[dict[str, Any]], *, stats: StreamStats | None = None,
+                **params: Any) -> Iterator[str]:
+    """Yield the answer's text pieces as they arrive; fill ``stats`` (usage, timings) on the way."""
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True,
+                                            stream_options={"include_usage": True}, **request_params(params))
+    return _stream(stream, lambda choice: choice.delta.content, stats)
+
+
+def stream_completion(client: Any, model: str, prompt: str, *, stats: StreamStats | None = None,
+                      **params: Any) -> Iterator[str]:
+    """Yield a plain completion's text pieces as they arrive; fill ``stats`` (usage, timings) on the way."""
+    stream = client.completions.create(model=model, prompt=prompt, stream=True,
+                                       stream_options={"include_usage": True}, **request_params(params))
+    return _stream(stream, lambda choice: choice.text, stats)
 
 
 def chat_turn(client: Any, model: str, conversation: Conversation, text: str, *,
-              images: list[str | bytes | Path] | None = None, **params: Any) -> Iterator[str]:
+              images: list[str | bytes | Path] | None = None, stats: StreamStats | None = None,
+              **params: Any) -> Iterator[str]:
     """Send one user turn, yield the streamed answer, and record both in ``conversation``.
 
     The answer is recorded even when the consumer stops early (what arrived is kept).
@@ -116,7 +168,7 @@ def chat_turn(client: Any, model: str, conversation: Conversation, text: str, *,
     conversation.messages.append(user_message(text, images))
     pieces: list[str] = []
     try:
-        for piece in stream_chat(client, model, conversation.request_messages(), **params):
+        for piece in stream_chat(client, model, conversation.request_messages(), stats=stats, **params):
             pieces.append(piece)
             yield piece
     except BaseException:

@@ -216,6 +216,28 @@ class VLLMMagics(Magics):
             self.conversations.pop(name, None)
 
     @magic_arguments()
+    @argument("action", choices=("start", "stop"), help="start or stop the PyTorch profiler")
+    @argument("name", nargs="?", help="server name (default: the newest)")
+    @line_magic
+    def vllm_profile(self, line: str = "") -> None:
+        """Start or stop a server's PyTorch profiler (its config: ``profile: {enabled: true, tool: pytorch}``)."""
+        args = _parse(self.vllm_profile, line)
+        server = self._server(args.name)
+        try:
+            folder = server.profile(args.action)
+        except MixVLLMError as exc:
+            raise UsageError(str(exc)) from None
+        if args.action == "start":
+            print(f"profiling {server.name}: send it requests, then %vllm_profile stop {server.name}")
+        else:
+            from pathlib import Path
+
+            traces = sorted(Path(folder).rglob("*.pt.trace.json*"), key=lambda p: p.stat().st_mtime)
+            print(f"{server.name}: {len(traces)} trace(s) under {folder}; open them in https://ui.perfetto.dev")
+            for trace in traces[-4:]:
+                print(f"  {trace.name}  {trace.stat().st_size / 2**20:.1f} MiB")
+
+    @magic_arguments()
     @argument("--clean", action="store_true", help="forget servers whose process is gone")
     @line_magic
     def vllm_list(self, line: str = "") -> Any:
@@ -289,7 +311,7 @@ class VLLMMagics(Magics):
     @line_cell_magic
     def vllm_chat(self, line: str = "", cell: str | None = None) -> None:
         """Chat with a server; the answer streams in; the conversation is kept until ``--new``."""
-        from .client import Conversation, chat_turn, openai_client
+        from .client import Conversation, StreamStats, chat_turn, openai_client
 
         args = _parse(self.vllm_chat, line)
         text = (cell if cell is not None else " ".join(args.message)).strip()
@@ -305,10 +327,11 @@ class VLLMMagics(Magics):
                 return
             raise UsageError("nothing to say: %vllm_chat your message, or %%vllm_chat with the message in the cell")
         client = openai_client(server.base_url, server.api_key)
+        stats = StreamStats()
         try:
             pieces = chat_turn(client, server.served_model_name, conversation, text, images=args.image,
-                               **_sampling(args))
-            _print_stream(pieces)
+                               stats=stats, **_sampling(args))
+            _print_stream(pieces, stats)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         except KeyboardInterrupt:
@@ -321,7 +344,7 @@ class VLLMMagics(Magics):
     @line_cell_magic
     def vllm_generate(self, line: str = "", cell: str | None = None) -> None:
         """Stream a plain completion of a prompt (no chat template)."""
-        from .client import openai_client, stream_completion
+        from .client import StreamStats, openai_client, stream_completion
 
         args = _parse(self.vllm_generate, line)
         prompt = cell if cell is not None else " ".join(args.prompt)
@@ -330,7 +353,9 @@ class VLLMMagics(Magics):
         server = self._server(args.server)
         client = openai_client(server.base_url, server.api_key)
         try:
-            _print_stream(stream_completion(client, server.served_model_name, prompt, **_sampling(args)))
+            stats = StreamStats()
+            _print_stream(stream_completion(client, server.served_model_name, prompt, stats=stats, **_sampling(args)),
+                          stats)
         except KeyboardInterrupt:
             print("\n[interrupted: the request was cancelled; the server keeps running]")
 
@@ -464,14 +489,15 @@ class VLLMMagics(Magics):
             raise UsageError(str(exc)) from None
 
 
-def _print_stream(pieces: Any) -> str:
-    """Print streamed pieces as they arrive (each flush is one output update); return the text."""
+def _print_stream(pieces: Any, stats: Any) -> str:
+    """Print streamed pieces as they arrive (each flush is one output update), then what the
+    answer cost (tokens, time to first token, tokens/s); return the text."""
     text = []
     for piece in pieces:
         text.append(piece)
         sys.stdout.write(piece)
         sys.stdout.flush()
-    sys.stdout.write("\n")
+    sys.stdout.write(f"\n[{stats.summary()}]\n")
     return "".join(text)
 
 

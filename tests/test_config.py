@@ -276,7 +276,11 @@ def test_profile_wrappers_and_pytorch_env(tmp_path):
     amd = VLLMServer(MODEL, profile={"enabled": True, "tool": "amd", "output_dir": str(tmp_path), "args": ["--stats"]})
     assert amd.get_launch_command()[0] == "rocprof" and "--stats" in amd.get_launch_command()
     torch_prof = VLLMServer(MODEL, profile={"enabled": True, "tool": "pytorch", "output_dir": str(tmp_path)})
-    assert torch_prof.get_launch_env()["VLLM_TORCH_PROFILER_DIR"] == str(tmp_path.resolve())
+    command = torch_prof.get_launch_command()
+    assert json.loads(command[command.index("--profiler-config") + 1]) == {
+        "profiler": "torch", "torch_profiler_dir": str(tmp_path.resolve())}
+    sglang = create_server("sglang", MODEL, profile={"enabled": True, "tool": "pytorch", "output_dir": str(tmp_path)})
+    assert sglang.get_launch_env()["SGLANG_TORCH_PROFILER_DIR"] == str(tmp_path.resolve())
     assert torch_prof.get_launch_command()[0].endswith("python") or "python" in torch_prof.get_launch_command()[0]
 
 

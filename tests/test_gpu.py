@@ -26,7 +26,9 @@ def two_gpus(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "torch", raising=False)  # as in a kernel that never imported it
     gpu.detect_gpus(refresh=True)
     yield
+    monkeypatch.undo()  # first: the cache must be refilled from this machine, not the stand-in
     gpu.detect_gpus(refresh=True)
+    assert not gpu.has_gpu()
 
 
 def test_gpus_come_from_nvidia_smi_without_importing_torch(two_gpus):

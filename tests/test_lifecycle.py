@@ -13,8 +13,8 @@ import time
 
 import psutil
 import pytest
-from conftest import SHARED_GENERATION_DEFAULTS, marked_alive
 
+from conftest import SHARED_GENERATION_DEFAULTS, marked_alive
 from mixvllm_nb import VLLMServer
 from mixvllm_nb.errors import ConfigError, PortInUseError, ServerStartError
 from mixvllm_nb.process import registry
@@ -54,6 +54,44 @@ def test_generation_defaults_apply_to_requests_that_set_none(openai_client, vllm
     assert first.usage.completion_tokens == SHARED_GENERATION_DEFAULTS["max_tokens"]
     assert first.choices[0].finish_reason == "length"
     assert first.choices[0].message.content == second.choices[0].message.content
+
+
+def test_the_pytorch_profiler_starts_stops_and_writes_traces(vllm_server, tmp_path):
+    from mixvllm_nb.api import server_for_config
+    from mixvllm_nb.config import config_from_dict
+    from mixvllm_nb.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="was not started with profile: {enabled: true, tool: pytorch}"):
+        vllm_server.profile("start")
+    traces = tmp_path / "traces"
+    server = server_for_config(config_from_dict({
+        "server": {"name": "profiled"}, "heartbeat_interval": 1.0,
+        "profile": {"enabled": True, "tool": "pytorch", "output_dir": str(traces)}}))
+    server.start()
+    try:
+        assert server.profile("start") == str(traces.resolve())
+        assert server.generate("Hello", max_tokens=4).text
+        server.profile("stop")
+        written = sorted(p.name for p in traces.glob("*.pt.trace.json.gz"))
+        assert any(name.startswith("rank0.") for name in written), written  # the engine's worker
+        assert all((traces / name).stat().st_size > 10_000 for name in written)
+    finally:
+        report = server.stop()
+    assert report.clean, report.summary()
+
+
+def test_chat_and_generate_return_the_text_with_usage_and_timings(vllm_server):
+    seen: list[str] = []
+    reply = vllm_server.chat("What is the capital of France?", on_piece=seen.append)
+    assert "Paris" in reply.text and "".join(seen) == reply.text and len(seen) > 3
+    assert 0 < reply.usage["completion_tokens"] <= SHARED_GENERATION_DEFAULTS["max_tokens"]
+    assert reply.usage["total_tokens"] == reply.usage["prompt_tokens"] + reply.usage["completion_tokens"]
+    completion = vllm_server.generate("The capital of France is", max_tokens=5)
+    assert completion.usage["completion_tokens"] == 5 and str(completion) == completion.text
+    assert 0 < completion.stats.first_piece_s <= completion.stats.elapsed_s
+    assert completion.stats.summary().startswith("5 tokens (")
+    told = vllm_server.chat([{"role": "user", "content": "Hi"}], system="Answer with one word.", max_tokens=3)
+    assert told.usage["completion_tokens"] <= 3
 
 
 def test_api_key_guards_v1_and_stays_out_of_command_line_and_log(vllm_server):

@@ -63,6 +63,12 @@ def test_any_client_gets_the_config_defaults_and_a_right_streamed_answer(light_s
     assert len(greedy) == 1  # temperature 0 from the server: the same continuation twice
 
 
+def test_generate_works_though_llamacpp_reports_no_usage_in_streams(light_server):
+    reply = light_server.generate("Once upon a time", max_tokens=6)
+    assert reply.text and reply.usage is None  # llama.cpp accepts stream_options but sends no usage
+    assert reply.stats.pieces <= 6 and reply.stats.summary().startswith(f"{reply.stats.pieces} pieces in ")
+
+
 def test_the_key_guards_it_and_never_reaches_the_command_line(light_server):
     import openai
 

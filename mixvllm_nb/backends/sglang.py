@@ -8,6 +8,7 @@ on loopback binding (and on the authenticated Jupyter proxy for remote access).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from ..process.server import InferenceServer
@@ -24,6 +25,12 @@ class SGLangServer(InferenceServer):
     def api_key(self) -> str:
         """SGLang gets no key (see the module docstring)."""
         return ""
+
+    def build_env(self) -> dict[str, str]:
+        """Return SGLang's PyTorch profiler folder when the config turns the profiler on."""
+        if self.torch_profiling:
+            return {"SGLANG_TORCH_PROFILER_DIR": str(Path(self.config.profile.output_dir).resolve())}
+        return {}
 
     def build_command(self) -> list[str]:
         """Return ``python -m sglang.launch_server`` with SGLang's names for the config's flags."""

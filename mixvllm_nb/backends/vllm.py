@@ -8,6 +8,7 @@ machine without a GPU the CPU defaults apply (float32, eager mode, a KV cache si
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import ClassVar
 
 from ..gpu import has_gpu
@@ -68,6 +69,9 @@ class VLLMServer(InferenceServer):
             cmd += ["--max-num-batched-tokens", str(inf.max_num_batched_tokens)]
         if inf.enforce_eager or (inf.enforce_eager is None and cpu):
             cmd.append("--enforce-eager")
+        if self.torch_profiling:  # vLLM >= 0.11 takes the profiler's settings as a flag, not VLLM_TORCH_PROFILER_DIR
+            profiler = {"profiler": "torch", "torch_profiler_dir": str(Path(cfg.profile.output_dir).resolve())}
+            cmd += ["--profiler-config", json.dumps(profiler)]
         overrides = generation_config_override(self.config.generation_defaults.as_request_params())
         if overrides:
             cmd += ["--override-generation-config", json.dumps(overrides, sort_keys=True)]

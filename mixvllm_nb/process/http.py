@@ -11,7 +11,10 @@ from typing import Any
 def http_get(url: str, *, api_key: str = "", timeout: float = 5.0) -> tuple[int, bytes]:
     """Return ``(status, body)`` for a GET; status 0 when the server cannot be reached."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    request = urllib.request.Request(url, headers=headers)
+    return _send(urllib.request.Request(url, headers=headers), timeout)
+
+
+def _send(request: urllib.request.Request, timeout: float) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -19,6 +22,12 @@ def http_get(url: str, *, api_key: str = "", timeout: float = 5.0) -> tuple[int,
         return exc.code, exc.read() if exc.fp else b""
     except (OSError, ValueError):
         return 0, b""
+
+
+def http_post(url: str, *, api_key: str = "", timeout: float = 5.0) -> tuple[int, bytes]:
+    """Return ``(status, body)`` for an empty POST; status 0 when the server cannot be reached."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return _send(urllib.request.Request(url, data=b"", headers=headers, method="POST"), timeout)
 
 
 def http_get_json(url: str, *, api_key: str = "", timeout: float = 5.0) -> Any | None:

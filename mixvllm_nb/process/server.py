@@ -206,10 +206,31 @@ class InferenceServer:
         self.prepare(convert_default_model=False)
         env = dict(self.build_env())
         env.update(self.config.env_vars)
-        profile = self.config.profile
-        if profile.enabled and profile.tool == "pytorch":
-            env["VLLM_TORCH_PROFILER_DIR"] = str(Path(profile.output_dir).resolve())
         return env
+
+    @property
+    def torch_profiling(self) -> bool:
+        """True when the config turns on the PyTorch profiler (start and stop it with :meth:`profile`)."""
+        return self.config.profile.enabled and self.config.profile.tool == "pytorch"
+
+    def profile(self, action: str, timeout: float = 120.0) -> str:
+        """``start`` or ``stop`` the server's PyTorch profiler; return where the traces go.
+
+        The server must run with ``profile: {enabled: true, tool: pytorch}``: vLLM then offers
+        ``POST /start_profile`` and ``/stop_profile``, and writes a trace per process when stopped.
+        """
+        if action not in ("start", "stop"):
+            raise ConfigError(f"profile: {action!r} is not an action; allowed: start, stop")
+        if not self.torch_profiling:
+            raise ConfigError(f"profile: {self.name} was not started with profile: {{enabled: true, tool: pytorch}}; "
+                              "restart it with that config to use the PyTorch profiler")
+        from .http import http_post
+
+        status, body = http_post(f"{self.base_url}/{action}_profile", api_key=self.api_key, timeout=timeout)
+        if status != 200:
+            raise MixVLLMError(f"profile {action}: {self.name} answered {status or 'nothing'}: "
+                               f"{body.decode(errors='replace')[:200]}")
+        return str(Path(self.config.profile.output_dir).resolve())
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -514,6 +535,40 @@ class InferenceServer:
         self._watchdog = None
 
     # -- conveniences ------------------------------------------------------------------------------
+
+    def chat(self, message: str | list[dict[str, Any]], *, system: str | None = None,
+             images: list[Any] | None = None, on_piece: Callable[[str], None] | None = None,
+             **sampling: Any) -> Any:
+        """Send one chat request and return a :class:`~mixvllm_nb.client.Reply` (``.text``, ``.usage``).
+
+        ``message`` is the user's text (with optional ``images``: paths, URLs or bytes) or a whole
+        OpenAI ``messages`` list. Sampling not given comes from the server's generation defaults.
+        ``on_piece`` is called with each piece as it streams in.
+        """
+        from ..client import stream_chat, user_message
+
+        messages = message if isinstance(message, list) else [user_message(message, images)]
+        if system:
+            messages = [{"role": "system", "content": system}, *messages]
+        return self._collect(stream_chat, messages, on_piece, sampling)
+
+    def generate(self, prompt: str, *, on_piece: Callable[[str], None] | None = None, **sampling: Any) -> Any:
+        """Complete ``prompt`` (no chat template) and return a :class:`~mixvllm_nb.client.Reply`."""
+        from ..client import stream_completion
+
+        return self._collect(stream_completion, prompt, on_piece, sampling)
+
+    def _collect(self, stream: Callable[..., Any], payload: Any, on_piece: Callable[[str], None] | None,
+                 sampling: dict[str, Any]) -> Any:
+        from ..client import Reply, StreamStats, openai_client
+
+        stats, pieces = StreamStats(), []
+        client = openai_client(self.base_url, self.api_key)
+        for piece in stream(client, self.served_model_name, payload, stats=stats, **sampling):
+            pieces.append(piece)
+            if on_piece is not None:
+                on_piece(piece)
+        return Reply("".join(pieces), stats)
 
     def status(self) -> dict[str, Any]:
         """Return name, model, state, URL, pid, uptime and the KV cache vLLM reported."""
