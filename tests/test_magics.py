@@ -7,14 +7,15 @@ config reuses it). Lifecycle tests (progress, restart, SIGKILL, --detach) start 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
 import psutil
 import pytest
-from conftest import marked_alive
 from kernel_helpers import Kernel
 
+from conftest import marked_alive
 from mixvllm_nb.process import registry
 
 SHARED_SERVE = "%vllm_serve --name shared --temperature 0 --max-tokens 64"
@@ -79,6 +80,9 @@ def test_cell_chat_and_generate(kernel):
     assert "Paris" in cell.stdout
     gen = kernel.run("%vllm_generate --server shared --max-tokens 8 --temperature 0 The capital of France is")
     assert gen.error is None and gen.stdout.strip()
+    # Each answer ends with what it cost, from the server's own usage count.
+    assert re.search(r"\[8 tokens \(\d+ prompt\) in [\d.]+ s, first after \d+ ms, [\d.]+ tokens/s\]", gen.stdout)
+    assert re.search(r"\[\d+ tokens \(\d+ prompt\) in ", cell.stdout)
 
 
 def test_client_magic_returns_a_configured_openai_client(kernel, vllm_server):
@@ -133,6 +137,9 @@ def test_attach_by_url_then_detach(kernel, vllm_server):
         ("%vllm_attach not-a-url", "is not an http(s) URL"),
         ("%vllm_chat --server shared", "nothing to say"),
         ("%vllm_chat --server shared --image /no/such.png describe", "no such file"),
+        ("%vllm_profile start shared", "was not started with profile: {enabled: true, tool: pytorch}"),
+        ("%vllm_profile pause shared", "invalid choice: 'pause' (choose from 'start', 'stop')"),
+        ("%vllm_client shared --via carrier-pigeon", "invalid choice: 'carrier-pigeon' (choose from 'direct', 'proxy')"),
     ],
 )
 def test_every_error_is_one_line(kernel, line, expected):
