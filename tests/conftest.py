@@ -38,6 +38,22 @@ def shared_config() -> ServeConfig:
     )
 
 
+@pytest.fixture
+def jupyter_overrides() -> dict:
+    """Extra Jupyter config for one test (parametrize it: an authorizer, MixVLLM limits)."""
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(jupyter_overrides):
+    """pytest-jupyter's in-process Jupyter server, with this extension and Jupyter's terminals on."""
+    from traitlets.config import Config
+
+    config = Config({"ServerApp": {"jpserver_extensions": {"mixvllm_nb": True, "jupyter_server_terminals": True}}})
+    config.merge(Config(jupyter_overrides))
+    return config
+
+
 @pytest.fixture(scope="session")
 def state_dir() -> Path:
     return Path(_STATE)

@@ -17,7 +17,6 @@ import pytest
 from jupyter_server.auth import Authorizer
 from test_server_support import STANDIN_MODEL, StandInUpstream
 from tornado.httpclient import HTTPResponse
-from traitlets.config import Config
 
 from mixvllm_nb.process import registry
 from mixvllm_nb.process.ports import free_port
@@ -46,18 +45,6 @@ class DenyMixvllm(Authorizer):
 
     def is_authorized(self, handler, user, action, resource):
         return resource != "mixvllm"
-
-
-@pytest.fixture
-def jupyter_overrides():
-    return {}
-
-
-@pytest.fixture
-def jp_server_config(jupyter_overrides):
-    config = Config({"ServerApp": {"jpserver_extensions": {"mixvllm_nb": True, "jupyter_server_terminals": True}}})
-    config.merge(Config(jupyter_overrides))
-    return config
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import pytest
 from jupyter_server.auth import Authorizer
 from test_server_support import StandInUpstream
 from tornado.httpclient import HTTPClientError
-from traitlets.config import Config
 
 from mixvllm_nb.process import registry
 
@@ -25,18 +24,6 @@ class DenyTerminals(Authorizer):
 
     def is_authorized(self, handler, user, action, resource):
         return resource != "terminals"
-
-
-@pytest.fixture
-def jupyter_overrides():
-    return {}
-
-
-@pytest.fixture
-def jp_server_config(jupyter_overrides):
-    config = Config({"ServerApp": {"jpserver_extensions": {"mixvllm_nb": True, "jupyter_server_terminals": True}}})
-    config.merge(Config(jupyter_overrides))
-    return config
 
 
 @pytest.fixture

@@ -34,3 +34,17 @@ def format_extra_args(extra: list[str] | dict[str, Any]) -> list[str]:
 def flag_names(args: list[str]) -> set[str]:
     """Return the ``--flags`` present in an argument list (for spotting duplicates)."""
     return {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}
+
+
+def with_extra_args(command: list[str], extra: list[str] | dict[str, Any]) -> list[str]:
+    """Return ``command`` followed by the config's ``extra_args``; refuse a flag the config already set."""
+    from ..errors import ConfigError
+
+    args = format_extra_args(extra)
+    clash = flag_names(args) & flag_names(command)
+    if clash:
+        raise ConfigError(
+            f"extra_args: {', '.join(sorted(clash))} is already set from the config; "
+            "set it through its config field instead"
+        )
+    return command + args

@@ -20,7 +20,7 @@ from typing import ClassVar
 from ..errors import ConfigError
 from ..process.http import http_get_json
 from ..process.server import InferenceServer
-from .args import flag_names, format_extra_args
+from .args import with_extra_args
 from .llamacpp_serve import DEFAULTS_ENV
 
 # Settings llama.cpp cannot honour; naming one is an error rather than a silent no-op.
@@ -71,14 +71,7 @@ class LlamaCppServer(InferenceServer):
                "--n_ctx", str(inf.max_model_len or DEFAULT_CONTEXT)]
         if cfg.model.tokenizer:
             cmd += ["--hf_pretrained_model_name_or_path", cfg.model.tokenizer]
-        extra = format_extra_args(cfg.extra_args)
-        clash = flag_names(extra) & flag_names(cmd)
-        if clash:
-            raise ConfigError(
-                f"extra_args: {', '.join(sorted(clash))} is already set from the config; "
-                "set it through its config field instead"
-            )
-        return cmd + extra
+        return with_extra_args(cmd, cfg.extra_args)
 
     def build_env(self) -> dict[str, str]:
         """Return the key, and the settings that must not come from the user's own environment."""

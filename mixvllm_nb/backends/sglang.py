@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..process.server import InferenceServer
-from .args import format_extra_args
+from .args import with_extra_args
 
 
 class SGLangServer(InferenceServer):
@@ -64,7 +64,7 @@ class SGLangServer(InferenceServer):
             cmd += ["--max-running-requests", str(inf.max_num_seqs)]
         if inf.enforce_eager:
             cmd.append("--disable-cuda-graph")
-        return cmd + format_extra_args(cfg.extra_args)
+        return with_extra_args(cmd, cfg.extra_args)
 
     def list_endpoints(self) -> dict[str, str]:
         """Return SGLang's main endpoints."""

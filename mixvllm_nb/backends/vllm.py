@@ -14,7 +14,7 @@ from typing import ClassVar
 from ..gpu import has_gpu
 from ..process.http import http_get_json
 from ..process.server import InferenceServer
-from .args import flag_names, format_extra_args
+from .args import with_extra_args
 
 
 class VLLMServer(InferenceServer):
@@ -75,16 +75,7 @@ class VLLMServer(InferenceServer):
         overrides = generation_config_override(self.config.generation_defaults.as_request_params())
         if overrides:
             cmd += ["--override-generation-config", json.dumps(overrides, sort_keys=True)]
-        extra = format_extra_args(cfg.extra_args)
-        clash = flag_names(extra) & flag_names(cmd)
-        if clash:
-            from ..errors import ConfigError
-
-            raise ConfigError(
-                f"extra_args: {', '.join(sorted(clash))} is already set from the config; "
-                "set it through its config field instead"
-            )
-        return cmd + extra
+        return with_extra_args(cmd, cfg.extra_args)
 
     def check_resources(self) -> None:
         """Refuse, before launching, a parallel layout that needs more GPUs than this machine has.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
@@ -32,7 +31,7 @@ class ServersHandler(MixvllmHandler):
     @authorized(action="execute")  # starting a server runs a process (and maybe a model's own code)
     async def post(self) -> None:
         """Start a server from a JSON config: 202 with the record while it starts, 200 if reused."""
-        body = self._json_body()
+        body = self.json_object_body("the config's sections, as in the YAML file")
         flags = {key: self._flag(key, default) for key, default in (("reuse", True), ("replace", False),
                                                                     ("detach", False))}
         try:
@@ -49,15 +48,6 @@ class ServersHandler(MixvllmHandler):
         model["outcome"] = outcome
         self.set_status(202 if outcome == "Launched" else 200)
         self.finish(json.dumps(model))
-
-    def _json_body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError as exc:
-            raise OpenAIError(400, f"request body: invalid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise OpenAIError(400, "request body: expected a JSON object (the config's sections)", code="invalid_json")
-        return body
 
     def _flag(self, name: str, default: bool) -> bool:
         value = self.get_query_argument(name, None)

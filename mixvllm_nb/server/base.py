@@ -101,6 +101,16 @@ class MixvllmHandler(APIHandler):
     def state(self) -> ExtensionState:
         return self.settings["mixvllm"]
 
+    def json_object_body(self, example: str) -> dict[str, Any]:
+        """Return the request body as a JSON object ({} when empty); 400 naming ``example`` otherwise."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError as exc:
+            raise OpenAIError(400, f"request body: invalid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise OpenAIError(400, f"request body: expected a JSON object ({example})", code="invalid_json")
+        return body
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Answer every error, Jupyter's own 403s included, in OpenAI's error shape."""
         exc = kwargs.get("exc_info", (None, None, None))[1]

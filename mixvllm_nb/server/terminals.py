@@ -93,7 +93,7 @@ class ServerTerminalHandler(MixvllmHandler):
         except (ServerNotFoundError, ValueError) as exc:
             raise OpenAIError(404, str(exc), code="server_not_found") from None
         assert record is not None
-        body = self._body()
+        body = self.json_object_body('such as {"path": "sub/folder"}')
         cwd = terminal_cwd(self.settings["server_root_dir"], body.get("path"))
         auto_start = body.get("auto_start_chat")
         if auto_start is None:
@@ -112,13 +112,3 @@ class ServerTerminalHandler(MixvllmHandler):
         self.set_status(201)
         self.finish(json.dumps({"name": term_name, "url": f"{self.base_url}terminals/{term_name}",
                                 "server": name, "cwd": cwd, "chat_started": bool(auto_start)}))
-
-    def _body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError as exc:
-            raise OpenAIError(400, f"request body: invalid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise OpenAIError(400, "request body: expected a JSON object such as {\"path\": \"sub/folder\"}",
-                              code="invalid_json")
-        return body
