@@ -124,3 +124,15 @@ def server_card_html(status: dict[str, Any]) -> str:
         )
     )
     return f"<div><b>{html.escape(status.get('name', ''))}</b><table>{rows}</table></div>"
+
+
+def on_vllm(server: Any, what: str) -> bool:
+    """Return True when ``server`` runs on vLLM; else print, in one line, that ``what`` needs vLLM.
+
+    For notebooks that also run on the light engine (mybinder.org): ``if on_vllm(srv, "vLLM's KV
+    cache report"): ...`` runs the vLLM-only part, or says plainly why it is skipped.
+    """
+    if server.backend_name == "vllm":
+        return True
+    print(f"[{what}: needs vLLM; this server runs on {server.engine_label}, so this part is skipped]")
+    return False

@@ -121,6 +121,7 @@ def test_stop_leaves_nothing_and_frees_the_port():
     ({"inference": {"tensor_parallel_size": 2}},
      "inference.tensor_parallel_size: 2 is not supported by the llamacpp backend (allowed: 1)"),
     ({"inference": {"quantization": "awq"}}, "inference.quantization: 'awq' is not supported"),
+    ({"inference": {"dtype": "bfloat16"}}, "inference.dtype: 'bfloat16' is not supported by the llamacpp backend"),
     ({"model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"}}, "is not a .gguf file"),
 ])
 def test_settings_it_cannot_honour_are_one_line_errors(data, expected):

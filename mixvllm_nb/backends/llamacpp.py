@@ -58,6 +58,11 @@ class LlamaCppServer(InferenceServer):
                 f"model.name: {self.model!r} is not a .gguf file; the llamacpp backend serves GGUF files "
                 "(leave the model out for the embedded SmolLM2, or use backend vllm)"
             )
+        if inf.dtype not in (None, "auto"):
+            raise ConfigError(
+                f"inference.dtype: {inf.dtype!r} is not supported by the llamacpp backend (allowed: auto): "
+                "a GGUF file carries its own types; use backend vllm to choose one"
+            )
         for field, neutral in _UNSUPPORTED.items():
             value = getattr(inf, field)
             if value != neutral:
