@@ -10,6 +10,7 @@ and ``JUPYTER_SERVER_URL`` / ``JUPYTER_TOKEN`` are exported: the kernels inherit
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,3 +36,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _jupyter is not None:
         _jupyter.stop()
+        for name in ("JUPYTER_SERVER_URL", "JUPYTER_TOKEN"):
+            os.environ.pop(name, None)
+        shutil.rmtree(_jupyter.runtime_dir.parent, ignore_errors=True)

@@ -58,10 +58,10 @@ def start_jupyter(home: Path, with_jsp: bool) -> tuple[subprocess.Popen, str, st
     config_dir.mkdir(parents=True)
     extensions = {"mixvllm_nb": True, **({"jupyter_server_proxy": True} if with_jsp else {})}
     (config_dir / "jupyter_server_config.json").write_text(json.dumps({"ServerApp": {"jpserver_extensions": extensions}}))
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir), "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+           "JUPYTER_TOKEN": token}  # in the environment: `ps` shows command lines
     command = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-               "--allow-root", f"--ServerApp.root_dir={home}", f"--IdentityProvider.token={token}",
-               "--ServerApp.log_level=WARN"]
+               "--allow-root", f"--ServerApp.root_dir={home}", "--ServerApp.log_level=WARN"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}/"

@@ -8,7 +8,7 @@ from typing import Any
 
 from .backends import backend_class
 from .config import ServeConfig, load_server_config
-from .errors import ConfigError
+from .errors import ConfigError, NameTakenError
 from .process import registry
 from .process.server import InferenceServer, live_servers
 
@@ -65,10 +65,11 @@ def serve(
     which stops it first.
     """
     reason = ""
-    if config.backend == "auto":
+    if config.backend == "auto":  # decided once here, so that the reason told is the one acted on
         from .backends.auto import choose_engine
 
-        reason = choose_engine()[1]
+        engine, reason = choose_engine()
+        config = config.model_copy(update={"backend": engine})
     server = server_for_config(config, detach=detach, owner_kind=owner_kind)
     server.prepare()  # resolve the default model etc., so identities compare what would run
     identity = server.config.identity()
@@ -82,7 +83,7 @@ def serve(
         if same and reuse and not replace:
             return ServeResult(server_from_record(existing), "Reused", reason)
         if not replace:
-            raise ConfigError(
+            raise NameTakenError(
                 f"server.name: {name!r} is already running with a different config; "
                 "use another name, stop it, or pass replace"
             )
@@ -141,7 +142,7 @@ def attach(url: str, *, api_key: str | None = None, name: str | None = None, tim
         raise ConfigError(f"attach: {base}/v1/models did not answer with a model list (wrong URL or API key?)")
     name = registry.validate_name(name) if name else registry.unique_name(ids[0].split("/")[-1])
     if registry.get(name, missing_ok=True) is not None:
-        raise ConfigError(f"attach: a server named {name!r} is already registered; pass another name")
+        raise NameTakenError(f"attach: a server named {name!r} is already registered; pass another name")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     record = registry.ServerRecord(
         name=name, backend="vllm", model=ids[0], served_model_name=ids[0], host=parts.hostname,

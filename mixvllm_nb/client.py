@@ -124,9 +124,7 @@ class Reply:
         return self.text
 
 
-def _stream(stream: Any, text_of: Any, stats: StreamStats | None) -> Iterator[str]:
-    stats = stats if stats is not None else StreamStats()
-    started = time.perf_counter()
+def _stream(stream: Any, text_of: Any, stats: StreamStats, started: float) -> Iterator[str]:
     try:
         for chunk in stream:
             if chunk.choices and (piece := text_of(chunk.choices[0])):
@@ -145,17 +143,20 @@ def _stream(stream: Any, text_of: Any, stats: StreamStats | None) -> Iterator[st
 def stream_chat(client: Any, model: str, messages: list[dict[str, Any]], *, stats: StreamStats | None = None,
                 **params: Any) -> Iterator[str]:
     """Yield the answer's text pieces as they arrive; fill ``stats`` (usage, timings) on the way."""
+    # A generator: the request leaves on the first next(), and close() always reaches the stream.
+    started = time.perf_counter()  # before the request: the engine may prefill before answering
     stream = client.chat.completions.create(model=model, messages=messages, stream=True,
                                             stream_options={"include_usage": True}, **request_params(params))
-    return _stream(stream, lambda choice: choice.delta.content, stats)
+    yield from _stream(stream, lambda choice: choice.delta.content, stats or StreamStats(), started)
 
 
 def stream_completion(client: Any, model: str, prompt: str, *, stats: StreamStats | None = None,
                       **params: Any) -> Iterator[str]:
     """Yield a plain completion's text pieces as they arrive; fill ``stats`` (usage, timings) on the way."""
+    started = time.perf_counter()
     stream = client.completions.create(model=model, prompt=prompt, stream=True,
                                        stream_options={"include_usage": True}, **request_params(params))
-    return _stream(stream, lambda choice: choice.text, stats)
+    yield from _stream(stream, lambda choice: choice.text, stats or StreamStats(), started)
 
 
 def chat_turn(client: Any, model: str, conversation: Conversation, text: str, *,

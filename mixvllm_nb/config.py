@@ -118,7 +118,8 @@ class GenerationDefaults(_Section):
 
 class TerminalConfig(_Section):
     enabled: bool = Field(
-        False, description="Open a Jupyter terminal running mixvllm-chat once %vllm_serve's server is ready."
+        False, description="Open a Jupyter terminal running mixvllm-chat when %vllm_serve has waited for the "
+        "server to be ready (in a shell, mixvllm-serve says how to start the chat)."
     )
     auto_start_chat: bool = Field(True, description="Start mixvllm-chat in the new terminal.")
 

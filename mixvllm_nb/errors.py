@@ -11,6 +11,10 @@ class ConfigError(MixVLLMError, ValueError):
     """A configuration value, file or argument is invalid; the message names the field and the rule."""
 
 
+class NameTakenError(ConfigError):
+    """The server name asked for belongs to another registered server (with another config)."""
+
+
 class PortInUseError(MixVLLMError):
     """An explicitly requested port is already taken; nothing was launched."""
 

@@ -66,21 +66,31 @@ def _from_nvidia_smi() -> list[GPUInfo] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     gpus = []
+    mib = 1024 * 1024
     for line in out.strip().splitlines():
-        index, name, total, free, busy = (part.strip() for part in line.split(","))
-        mib = 1024 * 1024
-        utilization = int(float(busy)) if busy.replace(".", "", 1).isdigit() else None  # "[N/A]" on some GPUs
-        gpus.append(GPUInfo(int(index), name, int(float(total) * mib), int(float(free) * mib), utilization))
+        index, rest = line.split(",", 1)
+        name, total, free, busy = (part.strip() for part in rest.rsplit(",", 3))  # a name may hold commas
+        try:
+            gpus.append(GPUInfo(int(index), name, int(float(total) * mib), _number(free, mib), _number(busy, 1)))
+        except ValueError:  # no usable memory figure for this GPU: leave it out rather than fail
+            continue
     return gpus
 
 
-def detect_gpus(*, refresh: bool = False) -> list[GPUInfo]:
-    """Return the GPUs: from torch.cuda when torch is already imported, else nvidia-smi, else
-    torch.cuda when importable, else an empty list.
+def _number(text: str, unit: int) -> int | None:
+    """Return ``text`` times ``unit``; None for nvidia-smi's "[N/A]" (some GPUs report no such figure)."""
+    try:
+        return int(float(text) * unit)
+    except ValueError:
+        return None
 
-    nvidia-smi comes before importing torch: torch would create a CUDA context in this process (a
-    kernel would then hold GPU memory that the model server cannot use) and take seconds to
-    import. Without a GPU driver's device nodes nothing is asked: a CPU machine answers at once.
+
+def detect_gpus(*, refresh: bool = False) -> list[GPUInfo]:
+    """Return the GPUs: from nvidia-smi, else torch.cuda when importable, else an empty list.
+
+    nvidia-smi comes first: torch creates a CUDA context in this process (on an H100 a kernel then
+    holds 518 MiB that the model server cannot use, benchmarks/gpu_detection.py) and takes seconds
+    to import. Without a GPU driver's device nodes nothing is asked: a CPU machine answers at once.
     """
     if refresh:
         _detect_cached.cache_clear()
@@ -89,9 +99,7 @@ def detect_gpus(*, refresh: bool = False) -> list[GPUInfo]:
 
 @lru_cache(maxsize=1)
 def _detect_cached() -> tuple[GPUInfo, ...]:
-    if "torch" in sys.modules:
-        return tuple(_from_torch() or _from_nvidia_smi() or [])
-    if not _device_nodes_present():
+    if "torch" not in sys.modules and not _device_nodes_present():
         return ()
     return tuple(_from_nvidia_smi() or _from_torch() or [])
 

@@ -134,16 +134,20 @@ def gguf_path() -> Path:
 
 def prepare_default_model_in_subprocess(timeout: float = 900) -> Path:
     """Convert the GGUF in a child process (heavy imports stay out of ours); return the folder."""
-    result = subprocess.run(
-        [sys.executable, "-m", "mixvllm_nb.models"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    _run_module([], "the default model", timeout)
+    return converted_model_dir()
+
+
+def _run_module(args: list[str], what: str, timeout: float) -> None:
+    """Run ``python -m mixvllm_nb.models ARGS``; raise MixVLLMError with its last error line."""
+    try:
+        result = subprocess.run([sys.executable, "-m", "mixvllm_nb.models", *args],
+                                capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MixVLLMError(f"could not prepare {what}: not done after {timeout:.0f} s") from None
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise MixVLLMError(f"could not prepare the default model: {last}")
-    return converted_model_dir()
+        raise MixVLLMError(f"could not prepare {what}: {last}")
 
 
 def prepare_default_model() -> Path:
@@ -200,13 +204,8 @@ def f16_gguf_path() -> Path:
 def light_default_model(*, prepare: bool = True) -> Path:
     """Return the float16 GGUF for llama.cpp, converting it once (in a child process) if needed."""
     target = f16_gguf_path()
-    if target.exists() or not prepare:
-        return target
-    result = subprocess.run([sys.executable, "-m", "mixvllm_nb.models", "--f16-gguf"],
-                            capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise MixVLLMError(f"could not prepare the light engine's model: {last}")
+    if not target.exists() and prepare:
+        _run_module(["--f16-gguf"], "the light engine's model", timeout=600)
     return target
 
 
@@ -242,7 +241,8 @@ def _write_f16_gguf(source: Path, out: Path) -> None:
     from gguf.quants import dequantize
 
     reader = GGUFReader(str(source))
-    writer = GGUFWriter(str(out), reader.fields["general.architecture"].contents())
+    # use_temp_file: tensors wait on disk, not in memory, until written (1-2 GB machines).
+    writer = GGUFWriter(str(out), reader.fields["general.architecture"].contents(), use_temp_file=True)
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
             continue  # written by GGUFWriter itself

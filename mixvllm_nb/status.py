@@ -29,6 +29,8 @@ def live_load(server: Any, previous: dict[str, tuple[float, float]]) -> dict[str
     Tokens/s comes from the counter's change since the previous call for this server (kept in
     ``previous``); on a first call two scrapes half a second apart are used.
     """
+    if not getattr(server, "has_metrics", True):  # e.g. llama.cpp: no /metrics to ask for
+        return {}
     metrics = scrape(server)
     if metrics is None:
         return {}

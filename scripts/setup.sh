@@ -20,7 +20,7 @@ for arg in "$@"; do
 done
 
 if [ -n "${MIXVLLM_PYTHON:-}" ]; then
-  py=$(command -v "$MIXVLLM_PYTHON")
+  py=$(command -v "$MIXVLLM_PYTHON") || { echo "setup: MIXVLLM_PYTHON=$MIXVLLM_PYTHON is not on PATH" >&2; exit 2; }
 else
   PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
   if [ ! -x .venv/bin/python ]; then
@@ -77,9 +77,12 @@ if [ "$mode" = test ] && ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# Each model step fails the setup if it fails (an assignment keeps `set -e` in force).
 if [ "$mode" != full ]; then  # the light engine's float16 GGUF (3 s, once)
-  echo "setup: light engine's model at $("$py" -m mixvllm_nb.models --f16-gguf 2>/dev/null | tail -n 1)"
+  gguf=$("$py" -m mixvllm_nb.models --f16-gguf | tail -n 1)
+  echo "setup: light engine's model at $gguf"
 fi
 if [ "$engine" != light ]; then
-  echo "setup: default model at $("$py" -m mixvllm_nb.models 2>/dev/null | tail -n 1)"
+  folder=$("$py" -m mixvllm_nb.models | tail -n 1)
+  echo "setup: default model at $folder"
 fi

@@ -113,12 +113,13 @@ def start_jupyterlab(root: Path, *, extensions: tuple[str, ...] = (), timeout: f
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
                                                                          "checkForUpdates": False}))
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings),
-           "JUPYTERLAB_WORKSPACES_DIR": str(settings / "workspaces")}
+           "JUPYTERLAB_WORKSPACES_DIR": str(settings / "workspaces"),
+           "JUPYTER_TOKEN": token}  # in the environment: `ps` shows command lines
     log_path = root.parent / f"{root.name}-jupyterlab.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [str(VENV_BIN / "jupyter"), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+             f"--ServerApp.root_dir={root}",
              "--ServerApp.port_retries=0", *(["--allow-root"] if os.geteuid() == 0 else []),
              *(f"--ServerApp.jpserver_extensions={name}=True" for name in extensions)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=root,

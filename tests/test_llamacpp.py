@@ -106,9 +106,20 @@ def test_a_second_identical_config_reuses_it(light_server):
     assert result.engine == "llama.cpp"
 
 
-def test_stop_leaves_nothing_and_frees_the_port():
+def test_top_k_minus_one_means_all_tokens_as_on_vllm(light_server):
+    client = openai_client(light_server.base_url, light_server.api_key)
+    reply = client.chat.completions.create(model=DEFAULT_MODEL_ID, messages=QUESTION, extra_body={"top_k": -1})
+    assert "Paris" in reply.choices[0].message.content  # llama.cpp alone refuses -1 (422)
+
+
+def test_stop_leaves_nothing_and_frees_the_port(monkeypatch):
+    # The user's environment must not steer the server: llama_cpp.server reads these names too.
+    monkeypatch.setenv("CONFIG_FILE", "/no/such/config.yaml")
+    monkeypatch.setenv("PORT", "1")
+    monkeypatch.setenv("API_KEY", "a-key-of-the-users-shell")
     server = server_for_config(config_from_dict({"backend": "llamacpp", "server": {"name": "light-stop"}}))
     server.start()
+    assert server.is_ready() and server.api_key != "a-key-of-the-users-shell"
     pid, port = server.pid, server.port
     report = server.stop()
     assert report.clean and report.port_free, report.summary()
@@ -140,7 +151,7 @@ def test_settings_it_cannot_honour_are_one_line_errors(data, expected):
 def _machine(monkeypatch, *, vllm: bool, llamacpp: bool, memory_gib: float, gpu: bool = False) -> None:
     """Stand in for another machine's facts (this one has vLLM, llama.cpp and 24 GiB)."""
     monkeypatch.delenv(auto.ENGINE_ENV, raising=False)
-    monkeypatch.setattr(auto, "installed", lambda module: {"vllm": vllm, "llama_cpp": llamacpp}[module])
+    monkeypatch.setattr(auto, "installed", lambda module: vllm if module == "vllm" else llamacpp)
     monkeypatch.setattr(auto, "memory_limit_bytes", lambda: int(memory_gib * 2**30))
     monkeypatch.setattr("mixvllm_nb.gpu.has_gpu", lambda: gpu)
 
@@ -150,7 +161,8 @@ def _machine(monkeypatch, *, vllm: bool, llamacpp: bool, memory_gib: float, gpu:
     ({"vllm": True, "llamacpp": True, "memory_gib": 2}, "llamacpp", "2.0 GiB of memory is too little"),
     ({"vllm": False, "llamacpp": True, "memory_gib": 24}, "llamacpp", "vLLM is not installed"),
     ({"vllm": True, "llamacpp": True, "memory_gib": 2, "gpu": True}, "vllm", "a GPU is present"),
-    ({"vllm": True, "llamacpp": False, "memory_gib": 2}, "vllm", "vLLM is installed"),
+    ({"vllm": True, "llamacpp": False, "memory_gib": 2}, "vllm", "the light engine is not installed"),
+    ({"vllm": False, "llamacpp": False, "memory_gib": 24}, "vllm", "neither vLLM nor the light engine"),
 ])
 def test_auto_picks_vllm_where_it_fits_else_llamacpp(monkeypatch, machine, engine, reason):
     _machine(monkeypatch, **machine)

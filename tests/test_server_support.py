@@ -224,10 +224,10 @@ class JupyterProcess:
 
     def start(self, timeout: float = 60.0) -> JupyterProcess:
         command = [self.python, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
-                   "--ServerApp.port_retries=0", "--allow-root", f"--ServerApp.root_dir={self.root}",
-                   f"--IdentityProvider.token={self.token}"]
+                   "--ServerApp.port_retries=0", "--allow-root", f"--ServerApp.root_dir={self.root}"]
+        env = {**self.env, "JUPYTER_TOKEN": self.token}  # in the environment: `ps` shows command lines
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             cwd=self.root, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

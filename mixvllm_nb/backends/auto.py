@@ -28,17 +28,27 @@ def installed(module: str) -> bool:
 
 
 def memory_limit_bytes() -> int:
-    """Return the memory this process may use: the container's cgroup limit when it has one
-    (Binder's 1-2 GB; ``psutil`` shows the host's), else the machine's available memory."""
-    available = psutil.virtual_memory().available
+    """Return the memory this machine gives us: the container's cgroup limit when it has one
+    (Binder's 1-2 GB; ``psutil`` shows the host's), else the machine's total memory.
+
+    Total, not available: a running vLLM server takes 4 GB of what is available, and the same
+    config served again must choose the same engine, so that it is reused rather than doubled.
+    """
+    total = psutil.virtual_memory().total
     for path in _CGROUP_LIMITS:
         try:
             raw = Path(path).read_text().strip()
         except OSError:
             continue
-        if raw.isdigit() and int(raw) < available:
+        if raw.isdigit() and int(raw) < total:
             return int(raw)
-    return available
+    return total
+
+
+def light_engine_installed() -> bool:
+    """Return True when llama.cpp's OpenAI server can run here: ``llama-cpp-python[server]`` and ``gguf``
+    (a plain llama-cpp-python, which other packages pull in, lacks the server's uvicorn)."""
+    return all(installed(module) for module in ("llama_cpp", "uvicorn", "sse_starlette", "gguf"))
 
 
 def choose_engine() -> tuple[str, str]:
@@ -59,7 +69,7 @@ def choose_engine() -> tuple[str, str]:
             allowed = ", ".join(backend_names())
             raise ConfigError(f"${ENGINE_ENV}: {forced!r} is not a backend; allowed: {allowed}")
         return forced, f"${ENGINE_ENV} is {forced}"
-    has_vllm, has_llamacpp = installed("vllm"), installed("llama_cpp")
+    has_vllm, has_llamacpp = installed("vllm"), light_engine_installed()
     if has_vllm and has_gpu():
         return "vllm", "a GPU is present"
     limit = memory_limit_bytes()
@@ -69,4 +79,6 @@ def choose_engine() -> tuple[str, str]:
         why = ("vLLM is not installed" if not has_vllm
                else f"{limit / 2**30:.1f} GiB of memory is too little for vLLM's CPU server (about 4 GB)")
         return "llamacpp", why
-    return "vllm", "llama.cpp is not installed either" if not has_vllm else "vLLM is installed"
+    if not has_vllm:
+        return "vllm", "neither vLLM nor the light engine is installed (pip install -e '.[cpu]' or '.[light]')"
+    return "vllm", "the light engine is not installed"

@@ -23,15 +23,20 @@ from ..process.server import InferenceServer
 from .args import with_extra_args
 from .llamacpp_serve import DEFAULTS_ENV
 
-# Settings llama.cpp cannot honour; naming one is an error rather than a silent no-op.
-_UNSUPPORTED = {
-    "tensor_parallel_size": 1,
-    "pipeline_parallel_size": 1,
-    "data_parallel_size": 1,
-    "distributed_executor_backend": None,
-    "quantization": None,
-    "kv_cache_dtype": "auto",
-    "max_num_batched_tokens": None,
+# Settings llama.cpp cannot honour, with the values it can: naming another is an error rather than a
+# silent no-op. (dtype: a GGUF file carries its own types; max_num_seqs: it decodes one request at a time.)
+_ALLOWED: dict[str, tuple[object, ...]] = {
+    "inference.tensor_parallel_size": (1,),
+    "inference.pipeline_parallel_size": (1,),
+    "inference.data_parallel_size": (1,),
+    "inference.distributed_executor_backend": (None,),
+    "inference.dtype": (None, "auto"),
+    "inference.quantization": (None,),
+    "inference.kv_cache_dtype": ("auto",),
+    "inference.max_num_seqs": (None, 1),
+    "inference.max_num_batched_tokens": (None,),
+    "server.workers": (1,),
+    "profile.enabled": (False,),
 }
 DEFAULT_CONTEXT = 2048
 
@@ -58,18 +63,13 @@ class LlamaCppServer(InferenceServer):
                 f"model.name: {self.model!r} is not a .gguf file; the llamacpp backend serves GGUF files "
                 "(leave the model out for the embedded SmolLM2, or use backend vllm)"
             )
-        if inf.dtype not in (None, "auto"):
-            raise ConfigError(
-                f"inference.dtype: {inf.dtype!r} is not supported by the llamacpp backend (allowed: auto): "
-                "a GGUF file carries its own types; use backend vllm to choose one"
-            )
-        for field, neutral in _UNSUPPORTED.items():
-            value = getattr(inf, field)
-            if value != neutral:
-                raise ConfigError(
-                    f"inference.{field}: {value!r} is not supported by the llamacpp backend "
-                    f"(allowed: {neutral!r}); use backend vllm for it"
-                )
+        for path, allowed in _ALLOWED.items():
+            section, field = path.split(".")
+            value = getattr(getattr(cfg, section), field)
+            if value not in allowed:
+                shown = ", ".join(repr(v) for v in allowed if v is not None) or "unset"
+                raise ConfigError(f"{path}: {value!r} is not supported by the llamacpp backend "
+                                  f"(allowed: {shown}); use backend vllm for it")
         cmd = [self.get_binary_path(), "-m", self.module, "--model", self.model,
                "--model_alias", self.served_model_name,
                "--host", self.host, "--port", str(self.port),
@@ -83,9 +83,11 @@ class LlamaCppServer(InferenceServer):
         return {
             "API_KEY": self.api_key,
             DEFAULTS_ENV: json.dumps(self.config.generation_defaults.as_request_params(), sort_keys=True),
-            # llama_cpp.server lets HOST and PORT from the environment override its flags.
+            # llama_cpp.server lets HOST and PORT from the environment override its flags: pin them
+            # (llamacpp_serve drops a CONFIG_FILE, which would replace them all). VERBOSE: its log is read.
             "HOST": self.host,
             "PORT": str(self.port),
+            "VERBOSE": "true",
             # By default a new request cancels the one being answered; queue it instead, as vLLM would.
             "INTERRUPT_REQUESTS": "false",
         }

@@ -23,7 +23,7 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Message]], Callable[[
                    Awaitable[None]]
 
 
-class GenerationDefaults:
+class DefaultsMiddleware:
     """ASGI middleware: set each default a completion or chat request's JSON body does not set;
     refuse a body that is not a JSON object (400)."""
 
@@ -46,7 +46,7 @@ class GenerationDefaults:
             more = message.get("more_body", False)
         try:
             body = self.with_defaults(b"".join(chunks))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             await _send_error(send, 400, f"request body: {exc}")
             return
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
@@ -59,7 +59,7 @@ class GenerationDefaults:
         """Return the request body with the defaults it leaves unset (or null); ValueError if it is no JSON object."""
         try:
             data = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValueError(f"invalid JSON ({exc}); send a JSON object such as "
                              '{"model": ..., "messages": [...]}') from None
         if not isinstance(data, dict):
@@ -67,6 +67,8 @@ class GenerationDefaults:
         for key, value in self.defaults.items():
             if data.get(key) is None:
                 data[key] = value
+        if data.get("top_k") == -1:  # vLLM's and our "all tokens"; llama.cpp says it with 0
+            data["top_k"] = 0
         return json.dumps(data).encode()
 
 
@@ -91,9 +93,11 @@ def main() -> None:
     """Run llama_cpp.server's command line with the defaults middleware around its app."""
     import llama_cpp.server.__main__ as server_main
 
+    # A CONFIG_FILE in the user's environment would replace every flag, the API key included.
+    os.environ.pop("CONFIG_FILE", None)
     defaults = json.loads(os.environ.get(DEFAULTS_ENV) or "{}")
     create_app = server_main.create_app
-    server_main.create_app = lambda **kwargs: GenerationDefaults(create_app(**kwargs), defaults)
+    server_main.create_app = lambda **kwargs: DefaultsMiddleware(create_app(**kwargs), defaults)
     server_main.main()
 
 

@@ -8,6 +8,7 @@ machine without a GPU the CPU defaults apply (float32, eager mode, a KV cache si
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -87,16 +88,20 @@ class VLLMServer(InferenceServer):
 
         inf = self.config.inference
         gpus = detect_gpus()
+        visible = self.config.env_vars.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if visible is not None:  # the server sees only these
+            gpus = [g for g in gpus if str(g.index) in {part.strip() for part in visible.split(",")}]
         needed = inf.tensor_parallel_size * inf.pipeline_parallel_size * inf.data_parallel_size
-        if not gpus or inf.distributed_executor_backend == "ray" or needed <= len(gpus):
+        if not detect_gpus() or inf.distributed_executor_backend == "ray" or needed <= len(gpus):
             return
         from ..errors import ConfigError
 
-        names = ", ".join(sorted({gpu.name for gpu in gpus}))
+        names = ", ".join(sorted({gpu.name for gpu in gpus})) or "none"
+        where = f"CUDA_VISIBLE_DEVICES={visible!r} leaves it" if visible is not None else "this machine has"
         raise ConfigError(
             f"inference: tensor_parallel_size {inf.tensor_parallel_size} x pipeline_parallel_size "
             f"{inf.pipeline_parallel_size} x data_parallel_size {inf.data_parallel_size} needs {needed} GPUs; "
-            f"this machine has {len(gpus)} ({names}); lower them, or use distributed_executor_backend ray "
+            f"{where} {len(gpus)} ({names}); lower them, or use distributed_executor_backend ray "
             "on a multi-node Ray cluster"
         )
 

@@ -1,4 +1,4 @@
-"""A tiny blocking HTTP GET for health checks (stdlib only, so the manager stays light)."""
+"""Tiny blocking HTTP GET and POST for health checks and admin calls (stdlib only: the manager stays light)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ PHASES: list[tuple[str, re.Pattern[str]]] = [
     ("resolving model", re.compile(r"Resolved architecture|Using max model len")),
     ("starting engine", re.compile(r"Initializing a V1 LLM engine|EngineCore")),
     ("loading weights", re.compile(r"Starting to load model|Loading safetensors|Loading weights|load_tensors:")),
-    ("allocating KV cache", re.compile(r"KV cache size:|Explicitly set .* for KV cache|llama_kv_cache: size")),
+    ("allocating KV cache",
+     re.compile(r"KV cache size:|Explicitly set .* for KV cache|llama_kv_cache(?:_unified)?: size")),
     ("compiling / warming up", re.compile(r"init engine \(profile|Capturing|torch\.compile|warm")),
     ("starting API", re.compile(r"Starting vLLM (API )?server|Available routes")),
     ("ready", re.compile(r"Application startup complete")),
@@ -27,7 +28,7 @@ _CONCURRENCY_RE = re.compile(
     r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x"
 )
 # llama.cpp: "llama_kv_cache: size =   45.00 MiB (  2048 cells,  30 layers,  1/1 seqs), ..."
-_LLAMA_KV_RE = re.compile(r"llama_kv_cache: size = .*?\(\s*(\d+) cells, .*?(\d+)/(\d+) seqs\)")
+_LLAMA_KV_RE = re.compile(r"llama_kv_cache(?:_unified)?: size = .*?\(\s*(\d+) cells, .*?(\d+)/(\d+) seqs\)")
 _ERROR_RE = re.compile(r"^(?:\S+ )?(?:[A-Za-z_.]+\.)?([A-Z]\w*(?:Error|Exception)|Exit\w*): (.+)$")
 
 

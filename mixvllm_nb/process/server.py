@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import psutil
 
 from ..config import ServeConfig, config_from_dict
-from ..errors import ConfigError, MixVLLMError, ServerStartError, ServerTimeoutError
+from ..errors import ConfigError, MixVLLMError, NameTakenError, ServerStartError, ServerTimeoutError
 from . import logs, registry
 from .http import http_get
 from .ports import ensure_port_free, free_port, url_host, wait_port_free
@@ -33,6 +33,7 @@ from .tree import MARKER_ENV, StopReport, process_matches, stop_processes
 log = logging.getLogger("mixvllm_nb")
 
 STATES = ("new", "starting", "ready", "unhealthy", "exited", "crashed", "stopped")
+_JUPYTER_SECRETS = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
 _LIVE_SERVERS: weakref.WeakSet[InferenceServer] = weakref.WeakSet()
 
 
@@ -47,7 +48,7 @@ class InferenceServer:
     backend_name: ClassVar[str] = "base"
     # How people call the engine in messages ("Launched x on vLLM").
     engine_label: ClassVar[str] = "custom"
-    # False for an engine without vLLM's Prometheus /metrics: status and panel say "n/a".
+    # False for an engine without vLLM's Prometheus /metrics: status says "n/a", nobody scrapes it.
     has_metrics: ClassVar[bool] = True
 
     def __init__(
@@ -121,6 +122,8 @@ class InferenceServer:
         try:
             resolved = resolve_default_model(prepare=convert)
         except MixVLLMError:
+            if convert:
+                raise  # a failed conversion must stop the launch, not start vLLM on a missing folder
             return str(converted_model_dir()), DEFAULT_MODEL_ID
         return resolved.model, resolved.served_model_name
 
@@ -142,6 +145,8 @@ class InferenceServer:
             cfg.server.port = free_port(cfg.server.host)
         if cfg.server.api_key is None:
             cfg.server.api_key = secrets.token_urlsafe(24)
+        if cfg.profile.enabled:  # once: a later stop or another process must find the same folder
+            cfg.profile.output_dir = cfg.profile.output_dir.expanduser().resolve()
         self._resolved = True
 
     @property
@@ -277,7 +282,7 @@ class InferenceServer:
                     registry.remove(requested)
                     if registry.claim(requested):
                         return requested
-                raise ConfigError(
+                raise NameTakenError(
                     f"server.name: a server named {requested!r} is already registered; "
                     "choose another name or stop that server first"
                 )
@@ -295,7 +300,9 @@ class InferenceServer:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log_path = log_dir / f"{self.name}-{stamp}.log"
         marker = uuid.uuid4().hex
-        env = {**os.environ, **self.get_launch_env(), MARKER_ENV: marker}
+        # Jupyter's credentials stay out of the model server: it has no use for them.
+        inherited = {k: v for k, v in os.environ.items() if k not in _JUPYTER_SECRETS}
+        env = {**inherited, **self.get_launch_env(), MARKER_ENV: marker}
         env.setdefault("PYTHONUNBUFFERED", "1")
         command = self.get_launch_command()
         if self.config.profile.enabled:
@@ -563,11 +570,11 @@ class InferenceServer:
         from ..client import Reply, StreamStats, openai_client
 
         stats, pieces = StreamStats(), []
-        client = openai_client(self.base_url, self.api_key)
-        for piece in stream(client, self.served_model_name, payload, stats=stats, **sampling):
-            pieces.append(piece)
-            if on_piece is not None:
-                on_piece(piece)
+        with openai_client(self.base_url, self.api_key) as client:
+            for piece in stream(client, self.served_model_name, payload, stats=stats, **sampling):
+                pieces.append(piece)
+                if on_piece is not None:
+                    on_piece(piece)
         return Reply("".join(pieces), stats)
 
     def status(self) -> dict[str, Any]:

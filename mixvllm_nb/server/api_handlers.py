@@ -8,7 +8,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from ..errors import ConfigError, MixVLLMError, ServerNotFoundError
+from ..errors import ConfigError, MixVLLMError, NameTakenError, ServerNotFoundError
 from . import manager
 from .base import MixvllmHandler, OpenAIError
 
@@ -37,10 +37,10 @@ class ServersHandler(MixvllmHandler):
         try:
             # serve() may convert the default model (seconds): never on the event loop.
             server, outcome = await IOLoop.current().run_in_executor(None, lambda: manager.start(body, **flags))
+        except NameTakenError as exc:  # a conflict with the registry, not a bad body
+            raise OpenAIError(409, str(exc), code="name_taken") from None
         except ConfigError as exc:
-            # A name held by another server is a conflict with the registry, not a bad body.
-            status = 409 if "already" in str(exc) else 400
-            raise OpenAIError(status, str(exc), code="invalid_config" if status == 400 else "name_taken") from None
+            raise OpenAIError(400, str(exc), code="invalid_config") from None
         except MixVLLMError as exc:
             raise OpenAIError(409, str(exc), code="start_failed") from None
         self.state.servers[server.name] = server
