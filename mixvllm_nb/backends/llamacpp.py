@@ -18,7 +18,6 @@ import json
 from typing import ClassVar
 
 from ..errors import ConfigError
-from ..process.http import http_get_json
 from ..process.server import InferenceServer
 from .args import with_extra_args
 from .llamacpp_serve import DEFAULTS_ENV
@@ -98,16 +97,8 @@ class LlamaCppServer(InferenceServer):
 
     def is_ready(self) -> bool:
         """Return True when ``/v1/models`` lists the served model."""
-        models = http_get_json(f"{self.base_url}/v1/models", api_key=self.api_key, timeout=5)
-        ids = [m.get("id") for m in (models or {}).get("data", [])]
-        return self.served_model_name in ids
+        return self.serves_model()
 
     def list_endpoints(self) -> dict[str, str]:
         """Return the OpenAI endpoints llama_cpp.server offers."""
-        return {
-            "health": self.get_health_endpoint(),
-            "models": f"{self.base_url}/v1/models",
-            "completions": f"{self.base_url}/v1/completions",
-            "chat": f"{self.base_url}/v1/chat/completions",
-            "embeddings": f"{self.base_url}/v1/embeddings",
-        }
+        return {**self.openai_endpoints(), "embeddings": f"{self.base_url}/v1/embeddings"}

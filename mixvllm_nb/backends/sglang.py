@@ -69,10 +69,7 @@ class SGLangServer(InferenceServer):
     def list_endpoints(self) -> dict[str, str]:
         """Return SGLang's main endpoints."""
         return {
-            "health": self.get_health_endpoint(),
-            "models": f"{self.base_url}/v1/models",
-            "completions": f"{self.base_url}/v1/completions",
-            "chat": f"{self.base_url}/v1/chat/completions",
+            **self.openai_endpoints(),
             "server_info": f"{self.base_url}/get_server_info",
             "generate": f"{self.base_url}/generate",
         }

@@ -114,24 +114,14 @@ class VLLMServer(InferenceServer):
 
     def is_ready(self) -> bool:
         """Return True when ``/health`` is 200 and ``/v1/models`` lists the served model."""
-        if not self.check_health(timeout=2):
-            return False
-        models = http_get_json(f"{self.base_url}/v1/models", api_key=self.api_key, timeout=5)
-        ids = [m.get("id") for m in (models or {}).get("data", [])]
-        return self.served_model_name in ids
+        return self.check_health(timeout=2) and self.serves_model()
 
     def list_endpoints(self) -> dict[str, str]:
         """Return the server's routes by path, read from its ``/openapi.json`` when it runs."""
         spec = http_get_json(f"{self.base_url}/openapi.json", api_key=self.api_key, timeout=5)
         if spec and isinstance(spec.get("paths"), dict):
             return {path: f"{self.base_url}{path}" for path in sorted(spec["paths"])}
-        return {
-            "health": self.get_health_endpoint(),
-            "models": f"{self.base_url}/v1/models",
-            "completions": f"{self.base_url}/v1/completions",
-            "chat": f"{self.base_url}/v1/chat/completions",
-            "metrics": f"{self.base_url}/metrics",
-        }
+        return {**self.openai_endpoints(), "metrics": f"{self.base_url}/metrics"}
 
 
 def generation_config_override(defaults: dict[str, object]) -> dict[str, object]:

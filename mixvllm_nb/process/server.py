@@ -101,8 +101,24 @@ class InferenceServer:
         return f"{self.base_url}/health"
 
     def list_endpoints(self) -> dict[str, str]:
-        """Return the server's main endpoints by name."""
-        return {"health": self.get_health_endpoint(), "api": f"{self.base_url}/v1"}
+        """Return the server's main endpoints by name (default: the OpenAI-compatible ones)."""
+        return self.openai_endpoints()
+
+    def openai_endpoints(self) -> dict[str, str]:
+        """Return the OpenAI-compatible routes that every server here offers, by name."""
+        return {
+            "health": self.get_health_endpoint(),
+            "models": f"{self.base_url}/v1/models",
+            "completions": f"{self.base_url}/v1/completions",
+            "chat": f"{self.base_url}/v1/chat/completions",
+        }
+
+    def serves_model(self) -> bool:
+        """Return True when the server's ``/v1/models`` lists the model clients ask for."""
+        from .http import http_get_json
+
+        models = http_get_json(f"{self.base_url}/v1/models", api_key=self.api_key, timeout=5)
+        return self.served_model_name in [m.get("id") for m in (models or {}).get("data", [])]
 
     def is_ready(self) -> bool:
         """Return True when the server answers requests (default: the health endpoint is 200)."""
