@@ -10,7 +10,6 @@ import sys
 import time
 
 from conftest import marked_alive
-
 from mixvllm_nb.process import registry
 from mixvllm_nb.process.ports import port_is_free
 
