@@ -11,9 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from test_server_support import STANDIN_MODEL, StandInUpstream
-
-from mixvllm_nb.process import registry
+from test_server_support import STANDIN_MODEL, registered_upstream
 
 
 def run_chat(lines: list[str], env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -25,10 +23,8 @@ def run_chat(lines: list[str], env: dict[str, str], *args: str, timeout: float =
 
 @pytest.fixture
 def upstream():
-    with StandInUpstream(api_key="sk-chat", events=3, interval=0.01) as stand_in:
-        stand_in.register("chat-standin")
+    with registered_upstream("chat-standin", api_key="sk-chat", events=3, interval=0.01) as stand_in:
         yield stand_in
-    registry.remove("chat-standin")
 
 
 def test_chat_answers_directly_from_the_environment(vllm_server):

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from jupyter_server.auth import Authorizer
-from test_server_support import STANDIN_MODEL, StandInUpstream
+from test_server_support import STANDIN_MODEL, registered_upstream
 from tornado.httpclient import HTTPResponse
 
 from mixvllm_nb.process import registry
@@ -49,10 +49,8 @@ class DenyMixvllm(Authorizer):
 
 @pytest.fixture
 def upstream():
-    with StandInUpstream(api_key=UPSTREAM_KEY, events=3, interval=0.05) as stand_in:
-        stand_in.register("standin")
+    with registered_upstream("standin", api_key=UPSTREAM_KEY, events=3, interval=0.05) as stand_in:
         yield stand_in
-    registry.remove("standin")
 
 
 @pytest.fixture

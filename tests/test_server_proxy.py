@@ -13,10 +13,9 @@ import time
 import httpx
 import pytest
 from openai import OpenAI
-from test_server_support import STANDIN_MODEL, JupyterProcess, StandInUpstream
+from test_server_support import STANDIN_MODEL, JupyterProcess, registered_upstream
 
 from mixvllm_nb.metrics import VllmMetrics
-from mixvllm_nb.process import registry
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +31,22 @@ def jupyter(tmp_path_factory):
 @pytest.fixture
 def timed_upstream():
     """5 events 0.5 s apart (a stand-in: exact timing needs a controlled upstream)."""
-    with StandInUpstream(events=5, interval=0.5) as stand_in:
-        stand_in.register("timed")
+    with registered_upstream("timed", events=5, interval=0.5) as stand_in:
         yield stand_in
-    registry.remove("timed")
 
 
 @pytest.fixture
 def long_upstream():
     """40 events 0.5 s apart: 20 s, far longer than the 2 s a disconnect may take to reach it."""
-    with StandInUpstream(events=40, interval=0.5) as stand_in:
-        stand_in.register("long")
+    with registered_upstream("long", events=40, interval=0.5) as stand_in:
         yield stand_in
-    registry.remove("long")
 
 
 @pytest.fixture
 def silent_upstream():
     """Sends its first event only after 20 s (a long prefill)."""
-    with StandInUpstream(events=1, first_delay=20) as stand_in:
-        stand_in.register("silent")
+    with registered_upstream("silent", events=1, first_delay=20) as stand_in:
         yield stand_in
-    registry.remove("silent")
 
 
 def test_openai_client_through_the_proxy_models_completion_chat_stream(jupyter, vllm_server):

@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -95,6 +97,17 @@ class StandInUpstream:
         while len(self.hits) < count and time.monotonic() < deadline:
             time.sleep(0.02)
         return list(self.hits)
+
+
+@contextmanager
+def registered_upstream(name: str, **options: Any) -> Iterator[StandInUpstream]:
+    """A stand-in upstream registered as the attached server ``name``; forgotten afterwards."""
+    with StandInUpstream(**options) as stand_in:
+        stand_in.register(name)
+        try:
+            yield stand_in
+        finally:
+            registry.remove(name)
 
 
 def _handler_class(upstream: StandInUpstream) -> type[BaseHTTPRequestHandler]:

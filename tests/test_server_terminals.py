@@ -13,10 +13,8 @@ import time
 
 import pytest
 from jupyter_server.auth import Authorizer
-from test_server_support import StandInUpstream
+from test_server_support import registered_upstream
 from tornado.httpclient import HTTPClientError
-
-from mixvllm_nb.process import registry
 
 
 class DenyTerminals(Authorizer):
@@ -28,10 +26,8 @@ class DenyTerminals(Authorizer):
 
 @pytest.fixture
 def upstream():
-    with StandInUpstream() as stand_in:
-        stand_in.register("standin")
+    with registered_upstream("standin") as stand_in:
         yield stand_in
-    registry.remove("standin")
 
 
 async def open_terminal(jp_fetch, name: str, **body) -> dict:
