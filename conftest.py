@@ -4,7 +4,7 @@ A notebook reaches the authenticated proxy, the servers API and the chat termina
 Jupyter server that runs its kernel. Under nbval the kernel has none, so before the first notebook
 starts its kernel one ``jupyter server`` is started (loopback, random token, root ``notebooks/``)
 and ``JUPYTER_SERVER_URL`` / ``JUPYTER_TOKEN`` are exported: the kernels inherit them, and
-``mixvllm_nb.server.client.find_jupyter_server`` reads them. It is stopped when the session ends.
+``mixvllm_nb.extension.from_kernel.find_jupyter_server`` reads them. It is stopped when the session ends.
 """
 
 from __future__ import annotations

@@ -59,4 +59,4 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": "mixvllm_nb.server"}]
+    return [{"module": "mixvllm_nb.extension"}]

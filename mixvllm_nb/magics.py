@@ -291,7 +291,7 @@ class VLLMMagics(Magics):
         server = self._server(args.name)
         if args.via == "direct":
             return openai_client(server.base_url, server.api_key)
-        from .server.client import proxy_base_url
+        from .extension.from_kernel import proxy_base_url
 
         try:
             url, token = proxy_base_url(server.name)
@@ -369,7 +369,7 @@ class VLLMMagics(Magics):
 
     def _open_terminal(self, server: Any) -> dict[str, Any]:
         try:
-            from .server.client import open_terminal
+            from .extension.from_kernel import open_terminal
         except ImportError as exc:
             raise UsageError(f"the Jupyter server extension is not available: {exc}") from None
         try:
@@ -454,7 +454,7 @@ class VLLMMagics(Magics):
         base_url, key = server.base_url, server.api_key
         if args.via == "proxy":
             try:
-                from .server.client import proxy_base_url
+                from .extension.from_kernel import proxy_base_url
 
                 base_url, key = proxy_base_url(server.name)
             except (ImportError, MixVLLMError, RuntimeError, OSError) as exc:

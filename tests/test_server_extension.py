@@ -354,7 +354,7 @@ def test_the_extension_is_found_by_jupyter_and_defaults_to_4_mib(jp_serverapp):
     import mixvllm_nb
 
     points = mixvllm_nb._jupyter_server_extension_points()
-    assert points == [{"module": "mixvllm_nb.server"}]
+    assert points == [{"module": "mixvllm_nb.extension"}]
     assert "mixvllm_nb" in jp_serverapp.extension_manager.extensions
     assert jp_serverapp.extension_manager.extensions["mixvllm_nb"].enabled
     assert jp_serverapp.web_app.settings["mixvllm"].config.max_body_bytes == 4 * 2**20

@@ -156,7 +156,7 @@ def test_a_client_that_leaves_aborts_the_generation_in_vllm(jupyter, vllm_server
 
 def test_kernel_helpers_find_this_server_and_open_a_terminal(jupyter, vllm_server, monkeypatch):
     from mixvllm_nb.client import openai_client
-    from mixvllm_nb.server.client import find_jupyter_server, open_terminal, proxy_base_url
+    from mixvllm_nb.extension.from_kernel import find_jupyter_server, open_terminal, proxy_base_url
 
     # As in a kernel of that server: same runtime dir, the current folder under its root.
     for name in ("JUPYTER_SERVER_URL", "JUPYTER_TOKEN", "JPY_PARENT_PID"):

@@ -194,7 +194,7 @@ class ChatSection(widgets.VBox):
         """Open ``mixvllm-chat`` for the server in a Jupyter terminal and show a link to it."""
         server = self._server()
         try:
-            from ..server.client import open_terminal
+            from ..extension.from_kernel import open_terminal
         except ImportError as exc:
             raise MixVLLMError(f"the Jupyter server extension is not available here: {exc}") from None
         try:

@@ -7,7 +7,7 @@ Routes (all behind Jupyter's authentication and the ``mixvllm`` auth resource):
 - ``/mixvllm/api/servers/<name>/terminal``: POST to open a Jupyter terminal running ``mixvllm-chat``;
 - ``/mixvllm/servers/<name>/v1/...``, ``/health``, ``/metrics``: the OpenAI API of that server.
 
-This package stays light to import: kernels use :mod:`mixvllm_nb.server.client` without tornado's handlers.
+This package stays light to import: kernels use :mod:`mixvllm_nb.extension.from_kernel` without tornado's handlers.
 """
 
 from __future__ import annotations
