@@ -59,12 +59,35 @@ def is_alive(proc: psutil.Process) -> bool:
         return False
 
 
-def process_matches(pid: int, create_time: float | None) -> psutil.Process | None:
-    """Return the process ``pid`` if it is alive and is the same one (same create time)."""
+def start_stamp(pid: int) -> float | None:
+    """Return when process ``pid`` started, in seconds after boot (None when it is gone).
+
+    This is the process's identity next to its pid. psutil's ``create_time()`` adds the boot time,
+    which moves by whole seconds when the wall clock is stepped (NTP, a resume): compared across
+    such a step, a live server would look like a new process. The kernel's own start tick does not move.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": field 3 onwards
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in clock ticks
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):  # no /proc (not Linux): psutil's time is the best we have
+        try:
+            return psutil.Process(pid).create_time()
+        except psutil.Error:
+            return None
+
+
+def process_matches(pid: int, stamp: float | None) -> psutil.Process | None:
+    """Return the process ``pid`` if it is alive and is the same one (same :func:`start_stamp`)."""
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
-            return None
+        if stamp is not None:
+            current = start_stamp(pid)
+            if current is None or abs(current - stamp) > 0.001:
+                return None
         return proc if is_alive(proc) else None
     except psutil.Error:
         return None
