@@ -3,27 +3,61 @@
 Files live in ``$MIXVLLM_STATE_DIR/servers`` (default: Jupyter's runtime dir + ``/mixvllm``),
 are created with mode 0600 because they hold the server's API key, and are written atomically.
 A name is claimed with ``O_EXCL`` so two processes cannot start two servers under one name.
+The state folder must be the user's own with mode 0700: a folder another user can write lets them
+plant records (an "attached" server pointing anywhere) or read keys. Changes to an existing record
+(``update``, ``remove``) hold a lock file, so a removed record never comes back; reads take no lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ServerNotFoundError
-from .tree import process_matches
+from ..errors import ConfigError, ServerNotFoundError
+from .tree import carries_marker, process_matches
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+class UnsafeStateDirError(ConfigError):
+    """The state folder (or its ``servers`` folder) is not the user's own with mode 0700."""
+
+
+def _private_dir(path: Path) -> Path:
+    """Create ``path`` with mode 0700 if missing; refuse it unless it is ours and 0700."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+        info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeStateDirError(f"state dir {path}: not a directory; set MIXVLLM_STATE_DIR to a folder of your own")
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.getuid() or mode & 0o077:
+        raise UnsafeStateDirError(
+            f"state dir {path}: owned by uid {info.st_uid} with mode {mode:04o}; it must be owned by you "
+            f"(uid {os.getuid()}) with mode 0700 (other users could plant or read servers): "
+            f"chmod 700 it, or set MIXVLLM_STATE_DIR to a folder of your own"
+        )
+    return path
+
+
 def state_dir() -> Path:
-    """Return the folder holding the registry and the logs (created on first use)."""
+    """Return the folder holding the registry and the logs (created 0700 on first use).
+
+    Raises UnsafeStateDirError (a ConfigError) when it belongs to another user or others may open it.
+    """
     override = os.environ.get("MIXVLLM_STATE_DIR")
     if override:
         path = Path(override).expanduser()
@@ -31,15 +65,28 @@ def state_dir() -> Path:
         from jupyter_core.paths import jupyter_runtime_dir
 
         path = Path(jupyter_runtime_dir()) / "mixvllm"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    return _private_dir(path)
 
 
 def servers_dir() -> Path:
-    """Return the folder of the registry's JSON files."""
-    path = state_dir() / "servers"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    """Return the folder of the registry's JSON files (ours, mode 0700, like the state dir)."""
+    return _private_dir(state_dir() / "servers")
+
+
+@contextmanager
+def _locked() -> Iterator[Path]:
+    """Hold the registry's write lock; yield the servers folder.
+
+    Only changes to existing records take it: a reader sees either the old or the new file
+    (``os.replace``), never a partial one, so reads stay lock-free.
+    """
+    folder = servers_dir()
+    fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 @dataclass
@@ -73,10 +120,14 @@ class ServerRecord:
         return self.kind == "attached"
 
     def process_alive(self) -> bool:
-        """Return True when the server's main process is still the one we started."""
-        if self.pid is None:
+        """Return True when the server's main process is still the one we started.
+
+        Same pid, same start stamp, and it carries the server's marker: a pid reused by
+        another program (or a record without ``create_time``) is not this server.
+        """
+        if self.pid is None or process_matches(self.pid, self.create_time) is None:
             return False
-        return process_matches(self.pid, self.create_time) is not None
+        return self.marker is None or carries_marker(self.pid, self.marker)
 
     def is_dead(self) -> bool:
         """Return True for a launched server whose process is gone."""
@@ -92,9 +143,9 @@ class ServerRecord:
 
 
 def validate_name(name: str) -> str:
-    """Return ``name`` if it is a valid server name, else raise ValueError saying what is allowed."""
+    """Return ``name`` if it is a valid server name, else raise ConfigError (a ValueError) saying what is allowed."""
     if not _NAME_RE.match(name or ""):
-        raise ValueError(
+        raise ConfigError(
             f"invalid server name {name!r}: use 1-64 letters, digits, '_', '.', '-' "
             "(starting with a letter or digit)"
         )
@@ -118,6 +169,11 @@ def claim(name: str) -> bool:
 
 def save(record: ServerRecord) -> None:
     """Write ``record`` atomically with mode 0600 (it holds the API key)."""
+    with _locked():
+        _write(record)
+
+
+def _write(record: ServerRecord) -> None:
     path = _path(record.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{record.name}.", suffix=".tmp")
     try:
@@ -131,13 +187,14 @@ def save(record: ServerRecord) -> None:
 
 
 def update(name: str, **changes: Any) -> None:
-    """Change fields of a saved record, if it still exists."""
-    record = get(name, missing_ok=True)
-    if record is None:
-        return
-    for key, value in changes.items():
-        setattr(record, key, value)
-    save(record)
+    """Change fields of a saved record, if it still exists (a record removed meanwhile stays removed)."""
+    with _locked():
+        record = get(name, missing_ok=True)
+        if record is None:
+            return
+        for key, value in changes.items():
+            setattr(record, key, value)
+        _write(record)
 
 
 def _read(path: Path) -> ServerRecord | None:
@@ -170,20 +227,43 @@ def list_records() -> list[ServerRecord]:
     return sorted(records, key=lambda r: r.started_at)
 
 
-def remove(name: str) -> None:
-    """Forget the record called ``name`` (no error if it is already gone)."""
+def _same_server(a: ServerRecord, b: ServerRecord) -> bool:
+    def key(r: ServerRecord) -> tuple[Any, ...]:
+        return r.kind, r.pid, r.create_time, r.marker, r.started_at
+
+    return key(a) == key(b)
+
+
+def remove(name: str, *, expected: ServerRecord | None = None) -> bool:
+    """Forget the record called ``name``; return whether a file was removed (no error if already gone).
+
+    With ``expected``, remove it only while it still describes that server: a name taken over by a
+    new server in the meantime keeps its record.
+    """
     try:
-        _path(name).unlink(missing_ok=True)
+        path = _path(name)
     except ValueError:
-        pass
+        return False
+    with _locked():
+        if expected is not None:
+            current = _read(path) if path.exists() else None
+            if current is None or not _same_server(current, expected):
+                return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+    return True
 
 
 def clean_dead() -> list[str]:
-    """Remove the records of launched servers whose process is gone; return their names."""
+    """Remove the records of launched servers whose process is gone; return their names.
+
+    Nothing is signalled: a record whose pid now belongs to another program is simply dropped.
+    """
     removed = []
     for record in list_records():
-        if record.is_dead():
-            remove(record.name)
+        if record.is_dead() and remove(record.name, expected=record):
             removed.append(record.name)
     return removed
 

@@ -4,7 +4,11 @@ A kernel killed with SIGKILL runs no ``atexit`` handler, and vLLM's engine child
 parent (FINDINGS.md). So each owned server gets this small sibling process, which polls its
 owner and, once the owner is gone, stops the server's whole tree and forgets its registry entry.
 
-    python -m mixvllm_nb.process.watchdog --owner PID:CTIME --server PID:CTIME --name NAME
+    python -m mixvllm_nb.process.watchdog --owner PID:STAMP --server PID:STAMP --name NAME
+
+STAMP is :func:`tree.start_stamp` (seconds after boot): a wall-clock step never makes a live owner
+look dead. The server's marker comes in ``MIXVLLM_WATCHED_MARKER``; only processes carrying it are
+ever signalled.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 import sys
 import time
 
+from ..errors import MixVLLMError
 from . import registry
 from .tree import process_matches, server_processes, stop_processes
 
@@ -27,8 +32,8 @@ def _pid_ctime(text: str) -> tuple[int, float | None]:
 def main(argv: list[str] | None = None) -> int:
     """Watch until the server or its owner is gone; stop the server in the second case."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--owner", required=True, help="PID:CREATE_TIME of the owning process")
-    parser.add_argument("--server", required=True, help="PID:CREATE_TIME of the server")
+    parser.add_argument("--owner", required=True, help="PID:START_STAMP of the owning process")
+    parser.add_argument("--server", required=True, help="PID:START_STAMP of the server")
     parser.add_argument("--name", required=True, help="registry name of the server")
     parser.add_argument("--interval", type=float, default=0.5)
     args = parser.parse_args(argv)
@@ -45,9 +50,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if process_matches(owner_pid, owner_ctime) is None:
             stop_processes(server, marker, grace=6, kill_wait=3)
-            registry.remove(args.name)
+            _forget(args.name, server_pid, marker)
             return 0
         time.sleep(args.interval)
+
+
+def _forget(name: str, server_pid: int, marker: str | None) -> None:
+    """Remove the server's record, unless the name now belongs to another server."""
+    try:
+        record = registry.get(name, missing_ok=True)
+        if record is not None and record.pid == server_pid and record.marker == marker:
+            registry.remove(name, expected=record)
+    except MixVLLMError:  # an unsafe state dir: the server is stopped, its record is not ours to touch
+        pass
 
 
 if __name__ == "__main__":
