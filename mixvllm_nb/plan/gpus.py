@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 _MIB = 1024 * 1024
 _GIB = 1024**3
 
@@ -70,10 +72,10 @@ def find_gpu(name: str) -> GPUSpec:
     """Return the GPU spec for a name such as "h100", "RTX 4090" or "NVIDIA A100-SXM4-80GB".
 
     Matching ignores case, punctuation and vendor words; a name that fits several GPUs (e.g.
-    "A100", which comes with 40 or 80 GB) raises ``ValueError`` listing them.
+    "A100", which comes with 40 or 80 GB) raises ``ConfigError`` listing them.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"gpu={name!r} is not a GPU name; known GPUs: {known_gpu_names()}")
+        raise ConfigError(f"gpu={name!r} is not a GPU name; known GPUs: {known_gpu_names()}")
     wanted = _tokens(name)
     for spec in GPUS:
         if wanted in _keys(spec):
@@ -95,10 +97,10 @@ def find_gpu(name: str) -> GPUSpec:
     partial = sorted({spec.name for spec in GPUS for key in _keys(spec)
                       if significant and significant <= key})
     if len(partial) > 1:
-        raise ValueError(f"gpu={name!r} is ambiguous: say one of {', '.join(partial)}")
+        raise ConfigError(f"gpu={name!r} is ambiguous: say one of {', '.join(partial)}")
     if len(partial) == 1:
         return next(spec for spec in GPUS if spec.name == partial[0])
-    raise ValueError(
+    raise ConfigError(
         f"gpu={name!r} is not a known GPU; use one of {known_gpu_names()} or give its memory in GiB"
     )
 
@@ -111,10 +113,10 @@ def known_gpu_names() -> str:
 def resolve_gpu(gpu: str | float | int) -> tuple[str, int, bool]:
     """Return (label, total memory in bytes, bf16/fp8 support) for a name or a size in GiB."""
     if isinstance(gpu, bool):
-        raise ValueError(f"gpu={gpu!r} is not allowed: give a GPU name or its memory in GiB")
+        raise ConfigError(f"gpu={gpu!r} is not allowed: give a GPU name or its memory in GiB")
     if isinstance(gpu, int | float):
         if not 0 < gpu < float("inf"):
-            raise ValueError(f"gpu={gpu!r} GiB is not allowed: memory must be a positive number")
+            raise ConfigError(f"gpu={gpu!r} GiB is not allowed: memory must be a positive number")
         return f"{gpu:.4g} GiB GPU", int(gpu * _GIB), True
     spec = find_gpu(gpu)
     return spec.name, spec.memory_bytes, spec.supports_bf16_fp8

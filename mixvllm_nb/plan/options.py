@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
 from .gpus import resolve_gpu
+from .overhead import check_engine, v0_batched_tokens
 from .params import get_int
 
 GIB = 1024**3
@@ -62,6 +64,7 @@ class Options:
     overhead_bytes: int | None  # user's override of the GPU overhead estimate
     modern_gpu: bool = True  # bfloat16 and fp8 available (False on T4/V100)
     enforce_eager: bool = False  # no CUDA graphs, so no graph memory
+    engine: str = "v1"  # which vLLM generation's profiling to model (overhead.ENGINES)
     notes: tuple[str, ...] = ()
 
     @property
@@ -76,13 +79,13 @@ def _is_number(value: Any) -> bool:
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is not allowed: it must be an integer >= 1")
+        raise ConfigError(f"{name}={value!r} is not allowed: it must be an integer >= 1")
     return value
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value.lower() not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; use one of {', '.join(allowed)}")
+        raise ConfigError(f"{name}={value!r} is not allowed; use one of {', '.join(allowed)}")
     return value.lower()
 
 
@@ -144,8 +147,10 @@ def resolve_options(
     max_num_seqs: Any,
     overhead_gib: Any,
     enforce_eager: Any = False,
+    engine: Any = "v1",
 ) -> Options:
-    """Return checked options; raise ValueError naming the first bad argument."""
+    """Return checked options; raise ConfigError naming the first bad argument."""
+    engine_name = check_engine(engine).name
     dtype_name, notes = resolve_dtype(dtype, config)
     quant, declared, quant_notes = resolve_quantization(quantization, config)
     notes += quant_notes
@@ -160,29 +165,29 @@ def resolve_options(
         # of 128), where blocks of 16 would give 93,200.
         block_size = CPU_BLOCK_SIZE if cpu_kv_cache_gib is not None else GPU_BLOCK_SIZE
     if isinstance(block_size, bool) or block_size not in ALLOWED_BLOCK_SIZES:
-        raise ValueError(f"block_size={block_size!r} is not allowed; use one of "
-                         f"{', '.join(map(str, ALLOWED_BLOCK_SIZES))}")
+        raise ConfigError(f"block_size={block_size!r} is not allowed; use one of "
+                          f"{', '.join(map(str, ALLOWED_BLOCK_SIZES))}")
     limit = text_cfg.get("max_position_embeddings")
     if max_model_len is None:
         if not limit:
-            raise ValueError("max_model_len=None is not allowed here: the config has no "
-                             "max_position_embeddings, so give max_model_len")
+            raise ConfigError("max_model_len=None is not allowed here: the config has no "
+                              "max_position_embeddings, so give max_model_len")
         max_model_len = int(limit)
     max_model_len = _positive_int("max_model_len", max_model_len)
     if limit and max_model_len > limit:
-        raise ValueError(f"max_model_len={max_model_len} is not allowed: the model's "
-                         f"max_position_embeddings is {limit}")
+        raise ConfigError(f"max_model_len={max_model_len} is not allowed: the model's "
+                          f"max_position_embeddings is {limit}")
     if not _is_number(gpu_memory_utilization) or not 0 < gpu_memory_utilization <= 1:
-        raise ValueError(f"gpu_memory_utilization={gpu_memory_utilization!r} is not allowed: "
-                         "it must be a number with 0 < x <= 1")
+        raise ConfigError(f"gpu_memory_utilization={gpu_memory_utilization!r} is not allowed: "
+                          "it must be a number with 0 < x <= 1")
     if gpu is not None and cpu_kv_cache_gib is not None:
-        raise ValueError("gpu and cpu_kv_cache_gib were both given; give one (GPU or CPU plan)")
+        raise ConfigError("gpu and cpu_kv_cache_gib were both given; give one (GPU or CPU plan)")
     world = tp * pp
     modern = True
     if cpu_kv_cache_gib is not None:
         if not _is_number(cpu_kv_cache_gib) or not 0 < cpu_kv_cache_gib < math.inf:
-            raise ValueError(f"cpu_kv_cache_gib={cpu_kv_cache_gib!r} is not allowed: it must be a "
-                             "positive number of GiB (VLLM_CPU_KVCACHE_SPACE)")
+            raise ConfigError(f"cpu_kv_cache_gib={cpu_kv_cache_gib!r} is not allowed: it must be a "
+                              "positive number of GiB (VLLM_CPU_KVCACHE_SPACE)")
         device, label, size = "cpu", "CPU", int(cpu_kv_cache_gib * GIB)
         default_tokens, default_seqs = 2048 * world, 128 * world  # vLLM's CPU server defaults
     elif gpu is not None:
@@ -191,20 +196,22 @@ def resolve_options(
         if not modern and dtype_name == "bfloat16":
             # vLLM refuses bfloat16 below compute capability 8.0 and "auto" falls back to float16.
             if str(dtype).lower() != "auto":
-                raise ValueError(f"dtype={dtype!r} is not allowed on {label}: it has no bfloat16; "
-                                 "use float16 or float32")
+                raise ConfigError(f"dtype={dtype!r} is not allowed on {label}: it has no bfloat16; "
+                                  "use float16 or float32")
             dtype_name = "float16"
             notes.append(f"{label} has no bfloat16: served as float16")
         if not modern and quant == "fp8":
-            raise ValueError(f"quantization='fp8' is not allowed on {label}: vLLM's fp8 needs "
-                             "compute capability >= 8.0; use awq or gptq")
+            raise ConfigError(f"quantization='fp8' is not allowed on {label}: vLLM's fp8 needs "
+                              "compute capability >= 8.0; use awq or gptq")
         default_tokens, default_seqs = _gpu_scheduler_defaults(label, size)
+        if engine_name == "v0":
+            default_tokens, default_seqs = v0_batched_tokens(max_model_len), 256
     else:
         device, label, size = "none", "no device", None
         default_tokens, default_seqs = 2048, 256
     if overhead_gib is not None and (not _is_number(overhead_gib)
                                      or not 0 <= overhead_gib < math.inf):
-        raise ValueError(f"overhead_gib={overhead_gib!r} is not allowed: it must be a number >= 0")
+        raise ConfigError(f"overhead_gib={overhead_gib!r} is not allowed: it must be a number >= 0")
     return Options(
         dtype=dtype_name, quantization=quant, declared_quantization=declared,
         kv_cache_dtype=kv_name if kv_name != "auto" else dtype_name, kv_bytes=kv_bytes,
@@ -217,12 +224,13 @@ def resolve_options(
         overhead_bytes=None if overhead_gib is None else int(overhead_gib * GIB),
         modern_gpu=modern,
         enforce_eager=bool(enforce_eager),
+        engine=engine_name,
         notes=tuple(notes),
     )
 
 
 def _gpu_scheduler_defaults(label: str, size: int) -> tuple[int, int]:
-    # vLLM's OpenAI server defaults (engine/arg_utils.py): big GPUs batch more tokens per step.
+    # vLLM's V1 OpenAI server defaults (engine/arg_utils.py): big GPUs batch more tokens per step.
     if size >= 160 * GIB:
         return 16384, 1024
     if size >= 70 * GIB and "a100" not in label.lower():
@@ -231,16 +239,16 @@ def _gpu_scheduler_defaults(label: str, size: int) -> tuple[int, int]:
 
 
 def check_parallelism(cfg: Mapping[str, Any], tp: int, pp: int) -> None:
-    """Raise ValueError unless vLLM accepts this TP/PP split of the model's heads and layers."""
+    """Raise ConfigError unless vLLM accepts this TP/PP split of the model's heads and layers."""
     heads = get_int(cfg, "num_attention_heads", "n_head")
     if heads % tp:
-        raise ValueError(f"tensor_parallel_size={tp} is not allowed: it must divide "
-                         f"num_attention_heads={heads}")
+        raise ConfigError(f"tensor_parallel_size={tp} is not allowed: it must divide "
+                          f"num_attention_heads={heads}")
     kv_heads = get_int(cfg, "num_key_value_heads", default=heads)
     if not cfg.get("kv_lora_rank") and (kv_heads % tp if kv_heads >= tp else tp % kv_heads):
-        raise ValueError(f"tensor_parallel_size={tp} is not allowed: with num_key_value_heads="
-                         f"{kv_heads} it must divide it or be a multiple of it")
+        raise ConfigError(f"tensor_parallel_size={tp} is not allowed: with num_key_value_heads="
+                          f"{kv_heads} it must divide it or be a multiple of it")
     layers = get_int(cfg, "num_hidden_layers", "num_layers", "n_layer")
     if pp > layers:
-        raise ValueError(f"pipeline_parallel_size={pp} is not allowed: the model has only "
-                         f"{layers} layers")
+        raise ConfigError(f"pipeline_parallel_size={pp} is not allowed: the model has only "
+                          f"{layers} layers")

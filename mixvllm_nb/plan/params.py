@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
 from .source import text_config
 
 # Model types whose MLP is up -> act -> down (two matrices), not SiLU/GeLU-gated (three).
@@ -65,12 +66,12 @@ def get_int(config: Mapping[str, Any], *names: str, default: int | None = None) 
         value = config.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"model config field {name}={value!r} is not allowed: "
-                                 "it must be a non-negative integer")
+                raise ConfigError(f"model config field {name}={value!r} is not allowed: "
+                                  "it must be a non-negative integer")
             return int(value)
     if default is not None:
         return default
-    raise ValueError(f"model config lacks {names[0]!r}, which is needed to size the model")
+    raise ConfigError(f"model config lacks {names[0]!r}, which is needed to size the model")
 
 
 def tied_embeddings(config: Mapping[str, Any]) -> bool:
@@ -88,7 +89,7 @@ def head_dim(config: Mapping[str, Any]) -> int:
     hidden = get_int(config, "hidden_size", "d_model", "n_embd")
     heads = get_int(config, "num_attention_heads", "n_head")
     if heads == 0:
-        raise ValueError("model config has num_attention_heads=0")
+        raise ConfigError("model config has num_attention_heads=0")
     return hidden // heads
 
 

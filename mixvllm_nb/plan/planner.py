@@ -2,10 +2,24 @@
 
 ``plan(model, gpu="L4")`` or ``plan(model, cpu_kv_cache_gib=4)`` returns a :class:`MemoryPlan`.
 On the CPU the KV budget is exactly ``cpu_kv_cache_gib`` GiB (vLLM's VLLM_CPU_KVCACHE_SPACE),
-so the token count equals vLLM's log line. On a GPU the budget is
-``(total - CUDA's reserve) x gpu_memory_utilization - weights - overhead``, where the overhead
-estimates what vLLM's profiling run measures (see :func:`estimate_gpu_overhead`); pass
-``overhead_gib`` to use the figure from a real log instead.
+so the token count equals vLLM's log line. On a GPU the budget of each GPU is::
+
+    (total - CUDA's reserve) x gpu_memory_utilization - weights - overhead
+    overhead = tokens x (3 ffn / tp + 3 hidden) x 2 B      activations of one profiling step
+             + copies x max_num_seqs x vocab x 4 B          the dummy sampler's float32 logits
+             + fixed + CUDA graphs + 1.25 GiB if tp x pp > 1
+
+``tokens``/``max_num_seqs`` are vLLM's scheduler defaults for the engine and GPU (V1: 2,048/256,
+or 8,192/1,024 on 70 GiB+ GPUs other than A100; V0: max_model_len, 2,048 above 32K). Per engine
+(``engine=``; :data:`overhead.ENGINES`): ``"v1"`` (vLLM >= 0.19, the default) copies 2, fixed
+0.10 GiB, graphs 0.5 GiB unless ``enforce_eager``; ``"v1-pre0.19"`` the same without graphs;
+``"v0"`` copies 0, fixed 0.30 GiB. Where the constants come from: 14 real start-up logs
+(tests/data/gpu_logs: RTX 3090, RTX 4090 x2, A10, A100 40/80 GB, H100; vLLM 0.6.4-0.19; Llama,
+Qwen, Phi-4 GPTQ, gpt-oss). The activation term reproduces V0's logged peaks (2.07/2.99 GiB at
+20k/29k tokens); fixed is what the V1 logs leave once activations and logits are counted
+(0.09-0.10 GiB on three) and the median V0 non_torch_memory; the TP term is the V0 rank
+difference (PR 10511, issue 13061). tests/test_plan_gpu_logs.py reports the error per log.
+Pass ``overhead_gib`` to use the figure from a real log instead.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..errors import ConfigError
 from . import render
 from .kv import kv_capacity, kv_spec, tokens_needed_bytes
 from .options import (
@@ -27,15 +42,13 @@ from .options import (
     check_parallelism,
     resolve_options,
 )
-from .params import ParamCount, count_parameters, get_int, num_experts
+from .overhead import ENGINES, estimate_gpu_overhead
+from .params import ParamCount, count_parameters
 from .safetensors import FLOAT_DTYPES, TensorInfo, is_quantizable, read_checkpoint
 from .source import ModelSource, load_model_source, text_config
 from .vllm_log import LogComparison, parse_vllm_kv_log
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-_NON_TORCH_BYTES = GIB // 2  # CUDA context, cuBLAS workspace, allocator slack outside torch
-_CUDA_GRAPH_BYTES = GIB // 2  # captured graphs' memory pool, which vLLM 0.32 subtracts
-_NCCL_BYTES = GIB // 4  # communication buffers once there is more than one GPU
 
 
 @dataclass
@@ -80,8 +93,8 @@ class MemoryPlan:
         """Return this plan next to the KV cache size a vLLM start-up log reported."""
         parsed = parse_vllm_kv_log(log_text)
         if parsed is None:
-            raise ValueError("the log has no 'KV cache size: N tokens' line (is it a vLLM start-up "
-                             "log, after the engine initialised?)")
+            raise ConfigError("the log has no 'KV cache size: N tokens' line (is it a vLLM start-up "
+                              "log, after the engine initialised?)")
         tokens, concurrency, max_len = parsed
         return LogComparison(self.kv_cache_tokens, self.max_concurrency, self.max_model_len,
                              tokens, concurrency, max_len)
@@ -132,6 +145,7 @@ def plan(
     max_num_seqs: int | None = None,
     overhead_gib: float | None = None,
     enforce_eager: bool = False,
+    engine: str = "v1",
 ) -> MemoryPlan:
     """Return the memory plan of serving ``model`` with vLLM on a GPU, on the CPU, or sizes only.
 
@@ -142,7 +156,8 @@ def plan(
     With neither, the plan gives weights and KV bytes per token but no capacity.
     ``max_num_batched_tokens``/``max_num_seqs`` default to vLLM's server defaults for the device;
     they size the activation estimate and sliding-window layers. ``overhead_gib`` replaces the
-    GPU activation/overhead estimate; ``enforce_eager`` drops its CUDA-graph part.
+    GPU activation/overhead estimate; ``enforce_eager`` drops its CUDA-graph part. ``engine``:
+    the vLLM generation whose profiling to model, "v1" (0.19+), "v1-pre0.19" or "v0".
     """
     source = load_model_source(model)
     cfg = text_config(source.config)
@@ -155,6 +170,7 @@ def plan(
         gpu_memory_utilization=gpu_memory_utilization, gpu=gpu, cpu_kv_cache_gib=cpu_kv_cache_gib,
         block_size=block_size, max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs, overhead_gib=overhead_gib, enforce_eager=enforce_eager,
+        engine=engine,
     )
     result = _build(loaded, opts)
     result.advice = _advise(loaded, opts, result)
@@ -217,31 +233,6 @@ def _stage_weights(loaded: _Model, opts: Options) -> tuple[list[int], int, str]:
     return stages, total, source
 
 
-def estimate_gpu_overhead(cfg: Mapping[str, Any], opts: Options) -> int:
-    """Return the estimated non-weight, non-KV memory of one GPU during vLLM's profiling run.
-
-    Activations of one step of ``max_num_batched_tokens`` tokens (residual stream, attention
-    and MLP intermediates: ``tokens x (4 x hidden + 2 x ffn / tp) x 2 bytes``), float32 logits
-    of the sampler's dummy batch (``max_num_seqs x vocab x 4``), 0.5 GiB outside torch (CUDA
-    context, cuBLAS), 0.5 GiB of CUDA graphs unless ``enforce_eager`` (vLLM 0.32 profiles and
-    subtracts them), 0.25 GiB more for NCCL with several GPUs. Real start-up logs differ from
-    this by a few hundred MiB to about a GiB: compare with ``MemoryPlan.compare_with_log``.
-    """
-    if opts.overhead_bytes is not None:
-        return opts.overhead_bytes
-    hidden = get_int(cfg, "hidden_size", "d_model", "n_embd")
-    ffn = get_int(cfg, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)
-    if num_experts(cfg):
-        top_k = get_int(cfg, "num_experts_per_tok", "experts_per_token", default=2)
-        ffn = max(ffn, top_k * get_int(cfg, "moe_intermediate_size", "intermediate_size"))
-    act_bytes = 2 if opts.dtype_bytes == 2 or opts.quantization else 4
-    activations = opts.max_num_batched_tokens * (4 * hidden + 2 * ffn // opts.tensor_parallel_size)
-    logits = opts.max_num_seqs * get_int(cfg, "vocab_size") * 4
-    world = opts.tensor_parallel_size * opts.pipeline_parallel_size
-    fixed = _NON_TORCH_BYTES + (0 if opts.enforce_eager else _CUDA_GRAPH_BYTES)
-    return activations * act_bytes + logits + fixed + (_NCCL_BYTES if world > 1 else 0)
-
-
 def _in_flight_tokens(opts: Options) -> int:
     # vLLM keeps up to this many scheduled-but-unsettled tokens: 2 batches with async scheduling
     # (GPU default, single stage), one per stage otherwise (CPU turns async scheduling off).
@@ -276,6 +267,9 @@ def _build(loaded: _Model, opts: Options) -> MemoryPlan:
             budgets = [opts.device_bytes] * pp  # VLLM_CPU_KVCACHE_SPACE is the KV cache, exactly
         else:
             overhead = estimate_gpu_overhead(cfg, opts)
+            if opts.overhead_bytes is None:
+                notes.append(f"GPU overhead modelled on {ENGINES[opts.engine].versions} "
+                             f"(engine={opts.engine!r})")
             visible = max(0, opts.device_bytes - CUDA_RESERVED_BYTES)
             usable = int(visible * opts.gpu_memory_utilization)
             budgets = [usable - w - overhead for w in per_gpu]

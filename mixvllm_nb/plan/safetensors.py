@@ -8,6 +8,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+
 # A header is a few hundred KiB even for 100B-parameter shards; refuse absurd lengths, which
 # mean the file is not safetensors (or is a git-lfs pointer), before allocating them.
 _MAX_HEADER = 256 * 1024 * 1024
@@ -37,17 +39,17 @@ def read_safetensors_header(path: str | Path) -> list[TensorInfo]:
     with path.open("rb") as f:
         raw_len = f.read(8)
         if len(raw_len) != 8:
-            raise ValueError(f"{path} is not a safetensors file: shorter than its 8-byte header")
+            raise ConfigError(f"{path} is not a safetensors file: shorter than its 8-byte header")
         (length,) = struct.unpack("<Q", raw_len)
         if length > _MAX_HEADER:
-            raise ValueError(f"{path} is not a safetensors file: header length {length} is absurd")
+            raise ConfigError(f"{path} is not a safetensors file: header length {length} is absurd")
         blob = f.read(length)
     if len(blob) != length:
-        raise ValueError(f"{path} is truncated: header says {length} bytes, file has {len(blob)}")
+        raise ConfigError(f"{path} is truncated: header says {length} bytes, file has {len(blob)}")
     try:
         header = json.loads(blob)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a safetensors file: header is not JSON ({exc})") from None
+        raise ConfigError(f"{path} is not a safetensors file: header is not JSON ({exc})") from None
     tensors = []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -56,7 +58,7 @@ def read_safetensors_header(path: str | Path) -> list[TensorInfo]:
             start, end = entry["data_offsets"]
             info = TensorInfo(name, str(entry["dtype"]), tuple(entry["shape"]), end - start)
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: tensor {name!r} has no dtype/shape/data_offsets") from None
+            raise ConfigError(f"{path}: tensor {name!r} has no dtype/shape/data_offsets") from None
         tensors.append(info)
     return tensors
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
 from .planner import MemoryPlan, plan
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def plan_for_config(config: ServeConfig, *, gpu: str | float | None = None) -> M
         try:
             model = resolve_default_model(prepare=False).model
         except MixVLLMError as exc:
-            raise ValueError(f"the default model is not prepared yet: {exc}") from None
+            raise ConfigError(f"the default model is not prepared yet: {exc}") from None
     gpus = detect_gpus()
     on_cpu = gpu is None and not gpus
     kwargs: dict = {

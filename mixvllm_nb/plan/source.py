@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -45,9 +47,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"model config {path} could not be read as JSON: {exc}") from None
+        raise ConfigError(f"model config {path} could not be read as JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"model config {path} must hold a JSON object, not {type(data).__name__}")
+        raise ConfigError(f"model config {path} must hold a JSON object, not {type(data).__name__}")
     return data
 
 
@@ -59,14 +61,14 @@ def load_model_source(model: str | os.PathLike[str] | Mapping[str, Any]) -> Mode
     if isinstance(model, Mapping):
         return ModelSource(dict(model), str(model.get("_name_or_path") or "config dict"))
     if not isinstance(model, str | os.PathLike):
-        raise ValueError(
+        raise ConfigError(
             f"model={model!r} is not allowed: give a folder, a config.json path, a dict or a hub id"
         )
     path = Path(model).expanduser()
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.is_file():
-            raise ValueError(f"model folder {path} has no config.json")
+            raise ConfigError(f"model folder {path} has no config.json")
         return ModelSource(_read_json(config_file), path.resolve().name, path)
     if path.is_file():
         # ".../Qwen2.5-7B/config.json" is named by its folder, "llama-3.1-8b.json" by itself.
@@ -77,11 +79,11 @@ def load_model_source(model: str | os.PathLike[str] | Mapping[str, Any]) -> Mode
         snapshot = find_in_hf_cache(text)
         if snapshot is not None:
             return ModelSource(_read_json(snapshot / "config.json"), text, snapshot)
-        raise ValueError(
+        raise ConfigError(
             f"model={text!r} is not a local folder and not in the Hugging Face cache "
             f"({', '.join(str(d) for d in hf_cache_dirs())}); nothing is downloaded"
         )
-    raise ValueError(
+    raise ConfigError(
         f"model={text!r} does not exist: give a folder, a config.json, a dict or a hub id"
     )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from ..errors import ConfigError
+
 # vLLM (v1, kv_cache_utils.py) logs, once per engine:
 #   "GPU KV cache size: 23,296 tokens, Maximum concurrency for 2,048 tokens per request: 11.38x"
 # ("CPU KV cache size" on the CPU build; older versions put the two parts on separate lines).
@@ -21,7 +23,7 @@ def parse_vllm_kv_log(text: str) -> tuple[int, float | None, int | None] | None:
     max_model_len are None when the log has the size line but not the concurrency line.
     """
     if not isinstance(text, str):
-        raise ValueError(f"log text must be a string, not {type(text).__name__}")
+        raise ConfigError(f"log text must be a string, not {type(text).__name__}")
     sizes = list(_SIZE.finditer(text))
     if not sizes:
         return None
