@@ -17,7 +17,7 @@ _LAZY = {
     "load_server_config": "config",
     "ConfigError": "errors",
     "ServerStartError": "errors",
-    "InferenceServer": "process.server",
+    "InferenceServer": "backends.base",
     "VLLMServer": "backends.vllm",
     "SGLangServer": "backends.sglang",
     "register_backend": "backends",
@@ -58,5 +58,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     unload(ipython)
 
 
-def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": "mixvllm_nb.extension"}]
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """The Jupyter server extension (``jpserver_extensions: {mixvllm_nb: true}``): its ExtensionApp."""
+    from .extension import _jupyter_server_extension_points as points
+
+    return points()

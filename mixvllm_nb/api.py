@@ -1,4 +1,9 @@
-"""The Python API every front uses: create, start (or reuse), find and stop servers."""
+"""The front door every front uses: create, start (or reuse), find, view and stop servers.
+
+The magics, the panel, ``mixvllm-serve`` and the Jupyter extension's REST API all start servers
+through :func:`serve` (reuse of an identical server, ``replace``, the engine ``auto`` chooses and
+why, decided once) and show them through :func:`mixvllm_nb.process.view.server_view`.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from .backends import backend_class
+from .backends.base import InferenceServer
 from .config import ServeConfig, load_server_config
 from .errors import ConfigError, NameTakenError
 from .process import registry
-from .process.server import InferenceServer, live_servers
+from .process.ownership import live_servers
+from .process.view import ServerView, list_views
 
 
 def create_server(backend: str = "vllm", model: str | None = None, **kwargs: Any) -> InferenceServer:
     """Return an unstarted server of the given backend (seed 002's factory)."""
-    try:
-        cls = backend_class(backend)
-    except ValueError as exc:
-        raise ConfigError(f"backend: {exc}") from None
-    return cls(model, **kwargs)
+    return backend_class(backend)(model, **kwargs)
 
 
 def server_for_config(config: ServeConfig, **kwargs: Any) -> InferenceServer:
-    """Return an unstarted server for a validated config."""
+    """Return an unstarted server for a validated config (``backend: auto`` resolved for this machine)."""
     return backend_class(config.backend)(config=config, **kwargs)
 
 
@@ -48,6 +51,14 @@ class ServeResult:
         """The engine in words, and why when ``auto`` chose a light one: ``llama.cpp (vLLM is not installed)``."""
         label = self.server.engine_label
         return f"{label} ({self.engine_reason})" if self.engine_reason and label != "vLLM" else label
+
+    def describe(self) -> str:
+        """Return the one line every front prints: what was launched or reused, where, on which engine."""
+        server = self.server
+        if self.outcome == "Reused":
+            return (f"Reused {server.name} ({server.state}, {self.engine}) at {server.base_url}/v1 — same config, "
+                    "no second model load.")
+        return f"Launched {server.name} on {self.engine} (pid {server.pid}); log: {server.log_path}"
 
 
 def serve(
@@ -90,36 +101,27 @@ def serve(
         server_from_record(existing).stop()
     elif reuse:
         for record in registry.list_records():
-            if (
-                record.identity == identity
-                and not record.attached
-                and not record.is_dead()
-                and record.state in ("starting", "ready")
-            ):
+            if record.identity == identity and not record.attached and not record.is_dead() \
+                    and record.state in ("starting", "ready"):
                 return ServeResult(server_from_record(record), "Reused", reason)
     server.start(wait=wait)
     return ServeResult(server, "Launched", reason)
 
 
 def server_from_record(record: registry.ServerRecord) -> InferenceServer:
-    """Return a handle on a registered server (this process's own object when it has one)."""
+    """Return a handle on a registered server (this process's own object when it has one).
+
+    A backend registered only in another process (a kernel's custom class) still gets a handle
+    that can be viewed and stopped: stopping needs the record, not the backend.
+    """
     for server in live_servers():
         if server.name == record.name:
-            return server
-    data = dict(record.config)
-    data.setdefault("server", {})["api_key"] = record.api_key or None
-    if record.attached:
-        data["server"]["port"] = None  # a remote port may be < 1024 (https): the URL says it
-    config = ServeConfig.model_validate(data)
-    server = backend_class(record.backend)(config=config, detach=record.detached)
-    server.name = record.name
-    server.record = record
-    server._resolved = True
-    if record.attached:
-        server.state = "ready"
-    else:
-        server.state = record.state if record.process_alive() else "exited"
-    return server
+            return server  # type: ignore[return-value]
+    try:
+        cls = backend_class(record.backend)
+    except ConfigError:
+        cls = InferenceServer
+    return cls.from_record(record)
 
 
 def attach(url: str, *, api_key: str | None = None, name: str | None = None, timeout: float = 10.0) -> InferenceServer:
@@ -154,7 +156,7 @@ def attach(url: str, *, api_key: str | None = None, name: str | None = None, tim
 
 
 def get_server(name: str | None = None) -> InferenceServer:
-    """Return the server called ``name``, or the only/newest live one when no name is given."""
+    """Return the server called ``name``, or the newest live one when no name is given."""
     if name:
         return server_from_record(registry.get(name))
     records = [r for r in registry.list_records() if not r.is_dead()]
@@ -163,9 +165,9 @@ def get_server(name: str | None = None) -> InferenceServer:
     return server_from_record(records[-1])
 
 
-def list_servers() -> list[dict[str, Any]]:
-    """Return every registered server as JSON-ready data (no API keys), dead ones flagged."""
-    return [record.public() for record in registry.list_records()]
+def list_servers(*, details: bool = False) -> list[ServerView]:
+    """Return every registered server as JSON-ready data (no secrets): the one view every front shows."""
+    return list_views(details=details)
 
 
 def stop_server(name: str) -> str:
@@ -176,3 +178,4 @@ def stop_server(name: str) -> str:
         return f"detached {name} (an attached server is never stopped by mixvllm_nb)"
     report = server_from_record(record).stop()
     return f"{name}: {report.summary()}"
+

@@ -20,7 +20,9 @@ from typing import Any, NoReturn
 
 import yaml
 
-from .config import CLI_OPTION_PATHS, load_server_config, parse_env_assignments
+from .config import load_server_config
+from .config.options import launch_overrides, serve_arguments
+from .display import Table
 from .errors import MixVLLMError, ServerStartError
 
 PROG = "mixvllm-serve"
@@ -32,44 +34,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _serve_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Start an OpenAI-compatible vLLM (or SGLang) server.")
-    add = parser.add_argument
-    add("--config", help="YAML config file; the flags below override it")
-    add("--model", help="Hugging Face id or local folder (default: the embedded SmolLM2-135M)")
-    add("--trust-remote-code", action="store_true", default=None, help="allow the model's code")
-    add("--gpus", type=int, help="tensor parallel size (GPUs per replica)")
-    add("--gpu-memory", type=float, help="GPU memory utilisation, 0 < x <= 1")
-    add("--max-model-len", type=int, help="longest prompt + answer in tokens")
-    add("--dtype", help="auto, float32, float16 or bfloat16 (default: float32 on CPU)")
-    add("--quantization", help="awq, gptq, squeezellm or fp8")
-    add("--kv-cache-dtype", help="auto, fp8, fp8_e4m3, fp8_e5m2")
-    add("--cpu-kv-cache-gib", type=int, help="KV cache GiB on CPU (whole number)")
-    add("--max-num-seqs", type=int, help="most sequences per batch")
-    add("--host", help="bind address (default 127.0.0.1: loopback only)")
-    add("--port", type=int, help="port 1024-65535 (default: a free one)")
-    add("--name", help="registry name (default: from the model)")
-    add("--backend", help="auto (default: vLLM where it fits, else llama.cpp), vllm, llamacpp or sglang")
-    add("--temperature", type=float, help="default temperature, 0-2")
-    add("--max-tokens", type=int, help="default answer length")
-    add("--top-p", type=float, help="default nucleus mass, 0 < p <= 1")
-    add("--top-k", type=int, help="default top-k (-1 = all)")
-    add("--presence-penalty", type=float, help="default presence penalty, -2..2")
-    add("--frequency-penalty", type=float, help="default frequency penalty, -2..2")
-    add("--startup-timeout", type=float, help="seconds to wait for readiness")
-    add("--log-dir", help="folder for the server log")
-    add("--env", action="append", metavar="KEY=VALUE", help="environment variable (repeatable)")
-    add("--dry-run", action="store_true", help="print the final config and command; start nothing")
-    add("--detach", action="store_true", help="start, print the URL and exit, leaving it running")
+    parser = _Parser(prog=PROG, description="Start an OpenAI-compatible vLLM (or llama.cpp, SGLang) server.")
+    for flags, kwargs in serve_arguments():  # the same arguments and help as %vllm_serve
+        parser.add_argument(*flags, **kwargs)
+    parser.add_argument("--dry-run", action="store_true", help="print the final config and command; start nothing")
     return parser
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values = vars(args)
-    overrides = {path: values.get(opt) for opt, path in CLI_OPTION_PATHS.items() if opt in values}
-    env = parse_env_assignments(args.env)
-    for key, value in env.items():
-        overrides[f"env_vars.{key}"] = value
-    return overrides
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -78,17 +47,22 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    """Start a server in the foreground until Ctrl+C (or ``--detach`` / ``--dry-run``)."""
-    from .api import server_for_config
+    """Start (or reuse) a server; stay in the foreground until Ctrl+C unless ``--detach`` or ``--dry-run``."""
+    from .api import serve, server_for_config
 
     args = _serve_parser().parse_args(argv)
     try:
-        config = load_server_config(args.config, _overrides(args))
-        server = server_for_config(config, detach=args.detach, owner_kind="cli")
+        config = load_server_config(args.config, launch_overrides(vars(args)))
         if args.dry_run:
-            return _dry_run(server)
-    except (MixVLLMError, ValueError) as exc:
+            return _dry_run(server_for_config(config, owner_kind="cli"))
+        print(f"{PROG}: starting {config.model.name or 'the embedded model'} ...", flush=True)
+        result = serve(config, replace=args.replace, wait=False, detach=args.detach, owner_kind="cli")
+    except MixVLLMError as exc:
         return _fail(str(exc))
+    server = result.server
+    print(f"{PROG}: {result.describe()}", flush=True)
+    if result.outcome == "Reused":  # another process owns it: nothing of ours to keep in the foreground
+        return 0
     interrupted = False
 
     def _interrupt(*_: object) -> None:
@@ -96,8 +70,7 @@ def cmd_serve(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        print(f"{PROG}: starting {server.served_model_name} on {server.engine_label} ...", flush=True)
-        server.start()
+        server.wait_until_ready()
         print(
             f"{PROG}: {server.name} ready at {server.base_url}/v1 (pid {server.pid}); "
             f"log {server.log_path}; API key: `{PROG} key {server.name}`",
@@ -107,7 +80,7 @@ def cmd_serve(argv: list[str]) -> int:
             print(f"{PROG}: chat with it in another terminal: mixvllm-chat --server {server.name}", flush=True)
         if args.detach:
             return 0
-        while server.state in ("ready", "unhealthy", "starting"):
+        while server.state.live:
             time.sleep(0.5)
         print(f"{PROG}: {server.name} {server.state}: {server.error or 'see the log'}", file=sys.stderr)
         server.stop()
@@ -122,7 +95,7 @@ def cmd_serve(argv: list[str]) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if not args.detach and server.state in ("starting", "ready", "unhealthy"):
+        if not args.detach and server.state.live:
             report = server.stop()
             print(f"{PROG}: {server.name}: {report.summary()}", flush=True)
     return 0 if interrupted else 1
@@ -144,8 +117,9 @@ def _dry_run(server: Any) -> int:
 
 
 def cmd_list(argv: list[str]) -> int:
-    """Print every registered server, dead ones flagged."""
+    """Print every registered server, ended ones flagged (the same view as %vllm_list and the REST API)."""
     from .api import list_servers
+    from .status import LIST_COLUMNS, list_rows
 
     parser = _Parser(prog=f"{PROG} list", description="List registered servers.")
     parser.add_argument("--clean", action="store_true", help="forget servers whose process is gone")
@@ -155,15 +129,11 @@ def cmd_list(argv: list[str]) -> int:
 
         for name in registry.clean_dead():
             print(f"removed dead entry {name}")
-    rows = list_servers()
+    rows = list_rows(list_servers())
     if not rows:
         print("no servers registered")
         return 0
-    print(f"{'NAME':24} {'STATE':10} {'PID':>7} {'URL':28} MODEL")
-    for row in rows:
-        state = "dead" if row["dead"] else row["state"]
-        pid = row["pid"] or "-"
-        print(f"{row['name']:24} {state:10} {pid!s:>7} {row['base_url']:28} {row['served_model_name']}")
+    print(str(Table(LIST_COLUMNS, rows)))
     return 0
 
 
@@ -181,7 +151,7 @@ def cmd_stop(argv: list[str]) -> int:
     try:
         for name in names:
             print(stop_server(name))
-    except (MixVLLMError, ValueError) as exc:
+    except MixVLLMError as exc:
         return _fail(str(exc))
     return 0
 
@@ -195,7 +165,7 @@ def cmd_key(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         print(registry.get(args.name).api_key)
-    except (MixVLLMError, ValueError) as exc:
+    except MixVLLMError as exc:
         return _fail(str(exc))
     return 0
 

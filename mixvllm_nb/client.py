@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SAMPLING_PARAMS = ("temperature", "top_p", "top_k", "max_tokens", "presence_penalty", "frequency_penalty", "seed")
 # Parameters the openai client does not know as keywords: they travel in the request body.
 _EXTRA_BODY_PARAMS = {"top_k"}
 
@@ -179,3 +178,29 @@ def chat_turn(client: Any, model: str, conversation: Conversation, text: str, *,
         conversation.messages.append({"role": "assistant", "content": "".join(pieces)})
         raise
     conversation.messages.append({"role": "assistant", "content": "".join(pieces)})
+
+
+def _collect(base_url: str, api_key: str, stream: Any, payload: Any, on_piece: Any, sampling: dict[str, Any]) -> Reply:
+    stats, pieces = StreamStats(), []
+    with openai_client(base_url, api_key) as client:
+        for piece in stream(client, *payload, stats=stats, **sampling):
+            pieces.append(piece)
+            if on_piece is not None:
+                on_piece(piece)
+    return Reply("".join(pieces), stats)
+
+
+def chat_once(base_url: str, api_key: str, model: str, message: str | list[dict[str, Any]], *,
+              system: str | None = None, images: list[Any] | None = None, on_piece: Any = None,
+              **sampling: Any) -> Reply:
+    """Send one streamed chat request and return its :class:`Reply` (``server.chat(...)``)."""
+    messages = message if isinstance(message, list) else [user_message(message, images)]
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    return _collect(base_url, api_key, stream_chat, (model, messages), on_piece, sampling)
+
+
+def generate_once(base_url: str, api_key: str, model: str, prompt: str, *, on_piece: Any = None,
+                  **sampling: Any) -> Reply:
+    """Stream one plain completion of ``prompt`` and return its :class:`Reply` (``server.generate(...)``)."""
+    return _collect(base_url, api_key, stream_completion, (model, prompt), on_piece, sampling)

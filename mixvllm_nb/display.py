@@ -111,21 +111,6 @@ def format_uptime(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-def server_card_html(status: dict[str, Any]) -> str:
-    """Return a small HTML card for one server's status dict."""
-    rows = "".join(
-        f"<tr><td style='color:#57606a;padding-right:1em'>{html.escape(k)}</td><td>{v}</td></tr>"
-        for k, v in (
-            ("state", state_badge(status.get("state", "?"))),
-            ("model", html.escape(str(status.get("model", "")))),
-            ("url", html.escape(str(status.get("url", "")))),
-            ("pid", html.escape(str(status.get("pid") or "-"))),
-            ("KV cache", html.escape(str(status.get("kv_cache") or "-"))),
-        )
-    )
-    return f"<div><b>{html.escape(status.get('name', ''))}</b><table>{rows}</table></div>"
-
-
 def on_vllm(server: Any, what: str) -> bool:
     """Return True when ``server`` runs on vLLM; else print, in one line, that ``what`` needs vLLM.
 
@@ -136,3 +121,17 @@ def on_vllm(server: Any, what: str) -> bool:
         return True
     print(f"[{what}: needs vLLM; this server runs on {server.engine_label}, so this part is skipped]")
     return False
+
+
+def startup_snapshot(server: Any) -> tuple[str, str]:
+    """Return a starting server's phase (read from its log) and a detail line, for any front."""
+    text = logs.read_text(server.log_path) if server.log_path else ""
+    state = str(server.state)
+    phase = "ready" if state == "ready" else logs.phase(text)
+    kv = logs.kv_cache_report(text)
+    detail = f"KV cache {kv}" if kv else ""
+    if state == "ready":
+        detail = f"{server.base_url}/v1 · " + detail if detail else f"{server.base_url}/v1"
+    elif state in ("crashed", "exited", "stopped"):
+        phase, detail = state, server.error or "see %vllm_logs"
+    return phase, detail

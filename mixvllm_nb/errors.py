@@ -46,3 +46,7 @@ class ServerNotFoundError(MixVLLMError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class JupyterUnavailableError(MixVLLMError, RuntimeError):
+    """No Jupyter server (with this extension) could be found or reached: the proxy and terminals need one."""

@@ -8,6 +8,7 @@ from typing import Any
 from .display import Table, format_uptime, state_badge
 from .process import logs, registry
 from .process.http import http_get
+from .process.view import server_view
 
 COLUMNS = ["name", "model", "state", "url", "pid", "uptime", "KV cache tokens", "planned", "max concurrency",
            "running", "waiting", "KV usage %", "gen tokens/s"]
@@ -65,19 +66,19 @@ def planned_kv_tokens(record: registry.ServerRecord) -> int | None:
 
 
 def server_row(record: registry.ServerRecord, previous: dict[str, tuple[float, float]]) -> list[Any]:
-    """Return one status row for a registered server."""
+    """Return one status row for a registered server (its state from the one view every front shows)."""
     from .api import server_from_record
 
     server = server_from_record(record)
-    dead = record.is_dead()
-    state = "dead" if dead else server.state
-    kv = logs.kv_cache_report(logs.read_text(record.log_path)) if record.log_path else None
-    load = live_load(server, previous) if not dead and state in ("ready", "unhealthy") else {}
+    view = server_view(record, server)
+    state = view["state"]
+    load = live_load(server, previous) if state in ("ready", "unhealthy") else {}
     # An engine without /metrics (llama.cpp) says so, rather than leaving blanks to puzzle over.
     no_metrics = None if server.has_metrics else f"n/a on {server.engine_label}"
+    kv = logs.kv_cache_report(logs.read_text(record.log_path)) if record.log_path else None
     return [
         record.name, record.served_model_name, state_badge(state), record.base_url, record.pid,
-        format_uptime(time.time() - record.started_at),
+        format_uptime(view["uptime_s"]),
         f"{kv.tokens:,}" if kv else None,
         f"{planned:,}" if (planned := planned_kv_tokens(record)) else None,
         f"{kv.max_concurrency:.2f}x" if kv and kv.max_concurrency else None,
@@ -92,3 +93,22 @@ def status_table(name: str | None = None, previous: dict[str, tuple[float, float
     records = [registry.get(name)] if name else registry.list_records()
     rows = [server_row(record, previous) for record in records]
     return Table(COLUMNS, rows, title="mixvllm_nb status", html_cells={"state"})
+
+
+LIST_COLUMNS = ["name", "model", "state", "url", "pid", "started by", "uptime"]
+
+
+def list_rows(views: list[dict[str, Any]]) -> list[list[Any]]:
+    """Return ``%vllm_list`` / ``mixvllm-serve list`` rows from server views (state as a plain word)."""
+    rows = []
+    for view in views:
+        started_by = view["started_by"] + (" (detached)" if view.get("detached") else "")
+        rows.append([view["name"], view["served_model_name"], view["state"], view["base_url"], view["pid"],
+                     started_by, format_uptime(view["uptime_s"])])
+    return rows
+
+
+def list_table(views: list[dict[str, Any]]) -> Table:
+    """Return every registered server as a table (HTML in a notebook, aligned text elsewhere)."""
+    rows = [[*row[:2], state_badge(row[2]), *row[3:]] for row in list_rows(views)]
+    return Table(LIST_COLUMNS, rows, title="mixvllm_nb servers", html_cells={"state"})

@@ -20,6 +20,7 @@ from tornado.httpclient import HTTPResponse
 
 from mixvllm_nb.process import registry
 from mixvllm_nb.process.ports import free_port
+from mixvllm_nb.process.tree import start_stamp
 
 UPSTREAM_KEY = "sk-standin-" + secrets.token_hex(8)
 CHAT_BODY = json.dumps({"model": STANDIN_MODEL, "messages": [{"role": "user", "content": "hi"}]})
@@ -216,7 +217,7 @@ def _launched_record(name: str, base_url: str, **changes) -> registry.ServerReco
     record = registry.ServerRecord(
         name=name, backend="vllm", model="m", served_model_name="m", host="127.0.0.1",
         port=int(base_url.rsplit(":", 1)[1]), base_url=base_url, api_key=UPSTREAM_KEY, pid=me.pid,
-        create_time=me.create_time(), state="starting", config={"server": {"name": name}},
+        create_time=start_stamp(me.pid), state="starting", config={"server": {"name": name}},
     )
     for key, value in changes.items():
         setattr(record, key, value)
@@ -352,9 +353,10 @@ async def test_deleting_an_attached_server_forgets_it_without_stopping_it(fetch,
 
 def test_the_extension_is_found_by_jupyter_and_defaults_to_4_mib(jp_serverapp):
     import mixvllm_nb
+    from mixvllm_nb.extension.app import MixVLLMApp
 
     points = mixvllm_nb._jupyter_server_extension_points()
-    assert points == [{"module": "mixvllm_nb.extension"}]
+    assert points == [{"module": "mixvllm_nb.extension", "app": MixVLLMApp}]
     assert "mixvllm_nb" in jp_serverapp.extension_manager.extensions
     assert jp_serverapp.extension_manager.extensions["mixvllm_nb"].enabled
     assert jp_serverapp.web_app.settings["mixvllm"].config.max_body_bytes == 4 * 2**20

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mixvllm_nb.backends import register_backend
+from mixvllm_nb.backends.base import InferenceServer
 from mixvllm_nb.process import registry
 from mixvllm_nb.process.ports import free_port
-from mixvllm_nb.process.server import InferenceServer
 
 STANDIN_MODEL = "standin-model"
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
-    from ..process.server import InferenceServer
+    from .base import InferenceServer
 
 _CUSTOM: dict[str, type[InferenceServer]] = {}
 
@@ -19,7 +21,7 @@ def register_backend(cls: type[InferenceServer]) -> type[InferenceServer]:
     """Register a custom InferenceServer subclass under its ``backend_name`` (usable as decorator)."""
     name = getattr(cls, "backend_name", "")
     if not name or name == "base":
-        raise ValueError("a custom backend needs a class attribute backend_name, e.g. 'mybackend'")
+        raise ConfigError("register_backend: a custom backend needs a class attribute backend_name, e.g. 'mybackend'")
     _CUSTOM[name] = cls
     return cls
 
@@ -44,4 +46,4 @@ def backend_class(name: str) -> type[InferenceServer]:
         return LlamaCppServer
     if name in _CUSTOM:
         return _CUSTOM[name]
-    raise ValueError(f"unknown backend {name!r}; allowed: {', '.join(backend_names())}")
+    raise ConfigError(f"backend: unknown backend; allowed: {', '.join(backend_names())} (got {name!r})")

@@ -18,8 +18,8 @@ import json
 from typing import ClassVar
 
 from ..errors import ConfigError
-from ..process.server import InferenceServer
 from .args import with_extra_args
+from .base import InferenceServer
 from .llamacpp_serve import DEFAULTS_ENV
 
 # Settings llama.cpp cannot honour, with the values it can: naming another is an error rather than a

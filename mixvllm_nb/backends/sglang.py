@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from ..process.server import InferenceServer
 from .args import with_extra_args
+from .base import InferenceServer
 
 
 class SGLangServer(InferenceServer):

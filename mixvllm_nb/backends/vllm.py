@@ -14,8 +14,8 @@ from typing import ClassVar
 
 from ..gpu import has_gpu
 from ..process.http import http_get_json
-from ..process.server import InferenceServer
 from .args import with_extra_args
+from .base import InferenceServer
 
 
 class VLLMServer(InferenceServer):

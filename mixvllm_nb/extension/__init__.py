@@ -15,12 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def _load_jupyter_server_extension(serverapp: Any) -> None:
-    """Register the extension's routes on a Jupyter server (called by jupyter_server)."""
-    from .extension import load
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Tell Jupyter where the extension's app is (imported only by a Jupyter server)."""
+    from .app import MixVLLMApp
 
-    load(serverapp)
-
-
-# The name jupyter_server 1.x looked for.
-load_jupyter_server_extension = _load_jupyter_server_extension
+    return [{"module": "mixvllm_nb.extension", "app": MixVLLMApp}]

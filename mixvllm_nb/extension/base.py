@@ -74,6 +74,12 @@ class ExtensionState:
             )
         return self._http
 
+    async def close(self) -> None:
+        """Close the upstream HTTP client (the extension is stopping)."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
 
 class OpenAIError(web.HTTPError):
     """An HTTP error sent as OpenAI's ``{"error": {"message", "type", "code"}}``."""

@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil
 
+from ..errors import JupyterUnavailableError
+
 ServerInfo = dict[str, Any]
 
 
@@ -43,7 +45,7 @@ def find_jupyter_server() -> ServerInfo:
     In order of preference: ``JUPYTER_SERVER_URL`` (set in Jupyter terminals; with ``JUPYTER_TOKEN``
     it needs no server list), the server that started this kernel (``JPY_PARENT_PID`` or an ancestor
     process), the one whose root folder holds the current folder, the only one running.
-    Raises RuntimeError saying what was found when none fits.
+    Raises JupyterUnavailableError saying what was found when none fits.
     """
     env_url = os.environ.get("JUPYTER_SERVER_URL", "")
     env_token = os.environ.get("JUPYTER_TOKEN", "")
@@ -56,7 +58,7 @@ def find_jupyter_server() -> ServerInfo:
             return {"url": env_url if env_url.endswith("/") else env_url + "/", "token": env_token,
                     "root_dir": os.environ.get("JUPYTER_SERVER_ROOT", ""), "pid": None}
     if not servers:
-        raise RuntimeError("no running Jupyter server found (start JupyterLab or `jupyter server`, "
+        raise JupyterUnavailableError("no running Jupyter server found (start JupyterLab or `jupyter server`, "
                            "or set JUPYTER_SERVER_URL and JUPYTER_TOKEN)")
     parents = [int(os.environ["JPY_PARENT_PID"])] if os.environ.get("JPY_PARENT_PID", "").isdigit() else []
     for pid in parents + _ancestor_pids():
@@ -70,7 +72,7 @@ def find_jupyter_server() -> ServerInfo:
     if len(servers) == 1:
         return servers[0]
     urls = ", ".join(info.get("url", "?") for info in servers)
-    raise RuntimeError(f"several Jupyter servers are running ({urls}) and none holds {cwd}; "
+    raise JupyterUnavailableError(f"several Jupyter servers are running ({urls}) and none holds {cwd}; "
                        "set JUPYTER_SERVER_URL and JUPYTER_TOKEN to choose one")
 
 
@@ -115,7 +117,7 @@ def open_terminal(name: str, *, path: str | None = None, auto_start_chat: bool |
 
 
 def _request(info: ServerInfo, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Call the extension's API with the server's token; raise RuntimeError with its error message."""
+    """Call the extension's API with the server's token; raise JupyterUnavailableError with its error message."""
     url = f"{info['url'].rstrip('/')}/{path}"
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
@@ -126,9 +128,9 @@ def _request(info: ServerInfo, method: str, path: str, body: dict[str, Any] | No
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{method} {url}: {exc.code} {_error_message(exc.read())}") from None
+        raise JupyterUnavailableError(f"{method} {url}: {exc.code} {_error_message(exc.read())}") from None
     except urllib.error.URLError as exc:
-        raise RuntimeError(f"cannot reach the Jupyter server at {info['url']}: {exc.reason}") from None
+        raise JupyterUnavailableError(f"cannot reach the Jupyter server at {info['url']}: {exc.reason}") from None
 
 
 def _error_message(raw: bytes) -> str:

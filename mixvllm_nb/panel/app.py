@@ -27,6 +27,7 @@ class ControlPanel(widgets.VBox):
     """
 
     def __init__(self, name: str | None = None, *, interval: float = 1.5) -> None:
+        from ..api import list_servers
         from ..gpu import detect_gpus
 
         self.server: Any = None
@@ -65,8 +66,9 @@ class ControlPanel(widgets.VBox):
                 raise MixVLLMError(f"no running server named {name!r}; registered: "
                                    f"{', '.join(self.selector.options) or 'none'}")
             self.selector.value = name
-        elif self.selector.options:
-            self.selector.value = self.selector.options[-1]  # the newest, as %vllm_status does
+        elif self.selector.options:  # the newest live one, as %vllm_chat picks it (else the newest)
+            live = [v["name"] for v in list_servers() if not v["dead"]]
+            self.selector.value = (live or list(self.selector.options))[-1]
 
     # -- servers ---------------------------------------------------------------------------------
 
@@ -74,7 +76,8 @@ class ControlPanel(widgets.VBox):
         """Re-read the registry: every live server, launched or attached, becomes selectable."""
         from ..api import list_servers
 
-        names = [s["name"] for s in list_servers() if not s.get("dead")]
+        # Ended servers stay selectable: a crashed server's state and log are what its user needs to see.
+        names = [s["name"] for s in list_servers()]
         current = self.selector.value
         if current and current not in names and self.server is not None:
             names.append(current)  # keep showing a server that just stopped, with its state

@@ -199,7 +199,7 @@ class ChatSection(widgets.VBox):
             raise MixVLLMError(f"the Jupyter server extension is not available here: {exc}") from None
         try:
             info = open_terminal(server.name)
-        except (RuntimeError, OSError) as exc:  # no Jupyter server found, or it said no: one line says why
+        except (MixVLLMError, OSError) as exc:  # no Jupyter server found, or it said no: one line says why
             raise MixVLLMError(f"chat in a terminal: {exc}") from None
         self.status.value = (f"Terminal <b>{html.escape(info['name'])}</b> runs the chat: "
                              f"<a href='{html.escape(info['url'])}' target='_blank'>open it</a>")

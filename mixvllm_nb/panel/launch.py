@@ -6,14 +6,15 @@ import html
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, get_args
+from typing import Any
 
 import ipywidgets as widgets
 
-from ..config import Dtype, Quantization, ServeConfig, load_server_config
+from ..config import ServeConfig, load_server_config
 from ..errors import MixVLLMError
 from ..process import logs
 from .errors import ErrorBox, guarded, in_notebook_kernel, start_thread
+from .fields import STYLE, WIDE, field_widget
 from .monitor import reported_summary
 
 GREY = "color:#57606a"
@@ -37,11 +38,6 @@ def _get(config: ServeConfig, dotted: str) -> Any:
     for part in dotted.split("."):
         node = getattr(node, part)
     return node
-
-
-def _pairs(literal: Any) -> list[tuple[str, str]]:
-    # A Dropdown needs (label, value) pairs throughout once one option is a pair.
-    return [(value, value) for value in get_args(literal)]
 
 
 def plan_summary(config: ServeConfig) -> str:
@@ -86,38 +82,22 @@ class LaunchSection(widgets.VBox):
         self._target: Any = None  # the server the current launch started or reused
         self._reported_for: Any = None  # the server whose vLLM figures are shown
         guard = guarded(errors)
-        style = {"description_width": "180px"}
-        wide = widgets.Layout(width="560px")
-        narrow = widgets.Layout(width="380px")
+        # Each input is built from its config field: type, choices, bounds and help are declared once there.
+        labels = {"trust_remote_code": "trust remote code", "name": "server name",
+                  "cpu_kv_cache_gib": "CPU KV cache GiB"}
         self.inputs: dict[str, widgets.ValueWidget] = {
-            "model": widgets.Text(description="model", placeholder="default: SmolLM2-135M-Instruct (embedded)",
-                                  style=style, layout=wide),
-            "trust_remote_code": widgets.Checkbox(
-                description="trust remote code", value=False, style=style, layout=wide,
-                tooltip="run the model's own Python code (Phi-3 and others): only for models you trust"),
-            "name": widgets.Text(description="server name", placeholder="default: from the model",
-                                 style=style, layout=wide),
-            "dtype": widgets.Dropdown(description="dtype", style=style, layout=narrow, options=[
-                ("default (float32 on CPU)" if on_cpu else "default (auto)", None), *_pairs(Dtype)]),
-            "quantization": widgets.Dropdown(description="quantization", style=style, layout=narrow,
-                                             options=[("none", None), *_pairs(Quantization)]),
-            "max_model_len": widgets.BoundedIntText(description="max_model_len", value=0, min=0,
-                                                    max=10_000_000, style=style, layout=narrow),
-            "gpu_memory_utilization": widgets.FloatSlider(
-                description="gpu_memory_utilization", value=0.9, min=0.05, max=1.0, step=0.01,
-                continuous_update=False, disabled=on_cpu, style=style, layout=wide),
-            "tensor_parallel_size": widgets.BoundedIntText(description="tensor_parallel_size", value=1, min=1,
-                                                           max=64, style=style, layout=narrow),
-            "cpu_kv_cache_gib": widgets.BoundedIntText(description="CPU KV cache GiB", value=1, min=1, max=4096,
-                                                       style=style, layout=narrow),
+            key: field_widget(dotted, labels.get(key, key),
+                              default_label="default (float32 on CPU)" if on_cpu else "default (auto)")
+            for key, dotted in FIELDS.items()
         }
+        self.inputs["gpu_memory_utilization"].disabled = on_cpu
         self.inputs["max_model_len"].tooltip = "0 = the model's own context length"
         if on_cpu:
             self.inputs["gpu_memory_utilization"].tooltip = "no GPU here: the CPU build ignores it"
         for widget in self.inputs.values():
             widget.observe(guard(lambda _change: self.update_estimate()), names="value")
         self.yaml_path = widgets.Text(description="YAML config", placeholder="path/to/server.yaml",
-                                      style=style, layout=wide)
+                                      style=STYLE, layout=WIDE)
         self.load_button = widgets.Button(description="Load YAML")
         self.launch_button = widgets.Button(description="Launch", button_style="success")
         self.stop_button = widgets.Button(description="Stop", button_style="danger")

@@ -17,23 +17,18 @@ import ipywidgets as widgets
 import psutil
 
 from ..display import format_uptime, state_badge
-from ..process import logs, registry
+from ..process import logs
+from ..process.states import ENDED_STATES
+from ..process.view import current_state
 
 log = logging.getLogger("mixvllm_nb.panel")
-TERMINAL_STATES = ("stopped", "exited", "crashed")
+TERMINAL_STATES = tuple(str(state) for state in ENDED_STATES)
 GIB = 1024**3
 
 
 def server_state(server: Any) -> str:
-    """Return a server's current state, whether this process launched it or only knows its record."""
-    if getattr(server, "process", None) is not None:
-        return server.state  # our own heartbeat thread keeps it current
-    record = registry.get(server.name, missing_ok=True) if server.name else None
-    if record is None:
-        return "stopped"  # stopped (or detached) by someone: the record is gone
-    if record.is_dead():
-        return "exited"
-    return record.state
+    """Return a server's current state, as every front reads it (:func:`mixvllm_nb.process.view.current_state`)."""
+    return str(current_state(server.name, server))
 
 
 def process_tree_rss(pid: int | None) -> int | None:

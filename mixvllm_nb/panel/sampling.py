@@ -8,6 +8,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..config.options import SAMPLING_OPTIONS, bounds
+
 
 @dataclass(frozen=True)
 class SliderSpec:
@@ -21,15 +23,21 @@ class SliderSpec:
     neutral: float  # what the slider shows when the server has no default for it
 
 
-# Ranges are the ones ServeConfig's GenerationDefaults allows.
-SPECS: tuple[SliderSpec, ...] = (
-    SliderSpec("temperature", float, 0.0, 2.0, 0.05, 1.0),
-    SliderSpec("top_p", float, 0.01, 1.0, 0.01, 1.0),
-    SliderSpec("top_k", int, -1, 200, 1, -1),
-    SliderSpec("max_tokens", int, 1, 4096, 1, 256),
-    SliderSpec("presence_penalty", float, -2.0, 2.0, 0.1, 0.0),
-    SliderSpec("frequency_penalty", float, -2.0, 2.0, 0.1, 0.0),
-)
+# Per slider: its step, its value when the server has no default, and an upper end where the
+# field has none a person would drag to. The ranges themselves are GenerationDefaults' bounds.
+_LOOK = {"temperature": (0.05, 1.0, None), "top_p": (0.01, 1.0, None), "top_k": (1, -1, 200),
+         "max_tokens": (1, 256, 4096), "presence_penalty": (0.1, 0.0, None), "frequency_penalty": (0.1, 0.0, None)}
+
+
+def _spec(name: str) -> SliderSpec:
+    step, neutral, ui_max = _LOOK[name]
+    span = bounds(name)
+    low = span.low + step if span.low_open else span.low  # a slider cannot exclude its end: top_p > 0
+    high = min(span.high, ui_max) if span.high is not None and ui_max else (ui_max or span.high)
+    return SliderSpec(name, span.kind, low, high, step, neutral)
+
+
+SPECS: tuple[SliderSpec, ...] = tuple(_spec(option.path.split(".")[-1]) for option in SAMPLING_OPTIONS)
 
 
 class SamplingSection(widgets.VBox):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,3 +119,17 @@ def failure_cause(text: str) -> str:
         if "ERROR" in line:
             return line.split("]", 1)[-1].strip()[:400]
     return ""
+
+
+def follow(path: str, still_running: Callable[[], bool], *, poll: float = 0.3) -> Iterator[str]:
+    """Yield what is appended to a log from now on, until ``still_running()`` says the server ended."""
+    with open(path, errors="replace") as handle:
+        handle.seek(0, 2)
+        while True:
+            chunk = handle.read()
+            if chunk:
+                yield chunk
+            elif not still_running():
+                return
+            else:
+                time.sleep(poll)

@@ -1,0 +1,70 @@
+"""The Jupyter server extension's lifecycle: routes and shared state when Jupyter starts, clean-up when it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+
+from .api_handlers import ServerHandler, ServersHandler
+from .base import ExtensionState, MixVLLM
+from .proxy import ProxyHandler
+from .terminals import ServerTerminalHandler
+
+# The registry's own rule for names: a name can never carry a slash, a dot-dot or a host.
+log = logging.getLogger("mixvllm_nb")
+NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
+
+
+def routes() -> list[tuple[str, type]]:
+    """Return the URL patterns of the extension (Jupyter puts its base URL in front)."""
+    return [
+        (r"/mixvllm/api/servers", ServersHandler),
+        (rf"/mixvllm/api/servers/{NAME}", ServerHandler),
+        (rf"/mixvllm/api/servers/{NAME}/terminal", ServerTerminalHandler),
+        # Any path under a server reaches the handler, so that refused ones get our JSON 404.
+        (rf"/mixvllm/servers/{NAME}/(?P<path>.*)", ProxyHandler),
+    ]
+
+
+class MixVLLMApp(ExtensionApp):
+    """The servers API, the authenticated proxy and the chat terminals, inside a Jupyter server.
+
+    Set up in :meth:`initialize_settings`; :meth:`stop_extension` closes the upstream HTTP client and
+    stops the servers this Jupyter server started without ``detach`` (as a kernel stops its own).
+    """
+
+    name = "mixvllm_nb"
+    load_other_extensions = True
+
+    def initialize_settings(self) -> None:
+        """Share the extension's settings and state with the handlers (``settings["mixvllm"]``)."""
+        self.settings["mixvllm"] = ExtensionState(config=MixVLLM(parent=self.serverapp))
+        base_url = self.serverapp.web_app.settings["base_url"] if self.serverapp.web_app else "/"
+        self.log.info("mixvllm_nb: proxy at %smixvllm/servers/<name>/v1, API at %smixvllm/api/servers",
+                      base_url, base_url)
+
+    def initialize_handlers(self) -> None:
+        """Add the routes (authenticated, under the ``mixvllm`` auth resource)."""
+        self.handlers.extend(routes())
+
+    async def stop_extension(self) -> None:
+        """Close the HTTP client and stop the servers this Jupyter server owns (not the detached ones)."""
+        state: ExtensionState | None = self.settings.get("mixvllm")
+        if state is None:
+            return
+        await state.close()
+        owned = [server for server in state.servers.values() if not server.detach and server.state.live]
+        if owned:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(None, _stop, server) for server in owned))
+        state.servers.clear()
+
+
+def _stop(server: Any) -> None:
+    try:
+        log.info("mixvllm_nb: stopped %s at Jupyter shutdown: %s", server.name, server.stop(timeout=10).summary())
+    except Exception:  # shutting down anyway: one failure must not keep the others running
+        log.exception("mixvllm_nb: could not stop %s at Jupyter shutdown", server.name)

@@ -1,0 +1,71 @@
+"""The heartbeat: a thread per launched server that keeps its state true while it runs.
+
+It notices the main process exiting (``exited`` or ``crashed``), an engine process dying while
+``/health`` still answers (vLLM's API server outlives its ``EngineCore``), readiness, a start-up that
+runs past ``startup_timeout``, and health checks failing for ``heartbeat_timeout`` (``unhealthy``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from . import logs
+from .states import State
+from .tree import process_matches, stop_processes
+
+if TYPE_CHECKING:
+    from .server import ServerProcess
+
+
+def start(server: ServerProcess) -> threading.Thread:
+    """Start the heartbeat thread of ``server`` (a daemon: it never keeps the interpreter alive)."""
+    thread = threading.Thread(target=_loop, args=(server,), name=f"mixvllm-heartbeat-{server.name}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _loop(server: ServerProcess) -> None:
+    failing_since: float | None = None
+    config = server.config
+    stop_event = server.stop_event
+    while not stop_event.wait(min(config.heartbeat_interval, 1.0) if server.state == State.STARTING
+                              else config.heartbeat_interval):
+        with server.lock:
+            if stop_event.is_set():
+                return
+            code = server.process.poll() if server.process is not None else None
+            if code is not None or not server.main_alive():
+                server.exit_code = code
+                server.error = logs.failure_cause(logs.tail(server.log_path, 200))
+                server.set_state(State.EXITED if code == 0 else State.CRASHED)
+                reap_leftovers(server)
+                return
+            dead = [pid for pid, stamp in server.engine_pids.items() if process_matches(pid, stamp) is None]
+            if dead:
+                server.error = f"engine process(es) {dead} died"
+                server.set_state(State.CRASHED)
+                reap_leftovers(server)
+                return
+            if server.state == State.STARTING:
+                if not server.probe_ready() and server.starting_for() > config.startup_timeout:
+                    server.error = f"not ready after {config.startup_timeout:.0f} s"
+                    threading.Thread(target=server.stop, daemon=True).start()  # stop() needs the lock we hold
+                    return
+                continue
+            if server.check_health(timeout=min(5.0, config.heartbeat_timeout)):
+                failing_since = None
+                server.set_state(State.READY)
+            else:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since >= config.heartbeat_timeout:
+                    server.set_state(State.UNHEALTHY)
+
+
+def reap_leftovers(server: ServerProcess) -> None:
+    """After a crash, stop what survived (vLLM's engine children outlive their parent)."""
+    marker = server.record.marker if server.record else None
+    stop_processes(None, marker, grace=5)
+    server.wait_exit(5)
+    server.stop_watchdog()

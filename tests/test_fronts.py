@@ -1,0 +1,173 @@
+"""The fronts, fast: magics in-process (IPython's InteractiveShell), the CLI's arguments, one view of a server.
+
+No engine here: argument handling and errors of every magic, the serve flags declared once (the magic
+and ``mixvllm-serve`` parse the same ones), and a dead server read the same way by Python, REST,
+the magics, the panel and the CLI. The real-kernel, real-vLLM versions live in test_magics.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+from test_server_support import StandInProcess
+
+from mixvllm_nb.api import list_servers
+from mixvllm_nb.process import registry
+from mixvllm_nb.process.ports import free_port
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "mixvllm_nb")
+    return shell
+
+
+def magic(ip, line: str):
+    name, _, rest = line.partition(" ")
+    return ip.run_line_magic(name, rest)
+
+
+def one_line_usage_error(ip, line: str) -> str:
+    with pytest.raises(UsageError) as info:
+        magic(ip, line)
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+def test_a_bad_serve_value_is_one_line_and_nothing_starts(ip):
+    before = set(os.listdir(registry.servers_dir()))
+    message = one_line_usage_error(ip, "vllm_serve --temperature 5 --backend vllm")
+    assert "generation_defaults.temperature" in message and "<= 2" in message and "5.0" in message
+    message = one_line_usage_error(ip, "vllm_serve --backend tgi")
+    assert "backend" in message and "vllm, sglang" in message and "'tgi'" in message
+    assert "--env" in one_line_usage_error(ip, "vllm_serve --env NOEQUALS")
+    assert "--set" in one_line_usage_error(ip, "vllm_serve --set nothing")
+    assert "max_num_seqs" in one_line_usage_error(ip, "vllm_serve --set inference.max_num_seqs=0")
+    assert "unrecognized arguments: --no-such-flag" in one_line_usage_error(ip, "vllm_serve --no-such-flag")
+    assert set(os.listdir(registry.servers_dir())) == before  # no record, no process
+
+
+def test_other_magics_answer_bad_input_in_one_line(ip):
+    assert "no server named 'nosuch'" in one_line_usage_error(ip, "vllm_stop nosuch")
+    assert "no server named 'nosuch'" in one_line_usage_error(ip, "vllm_logs nosuch")
+    assert "--levels" in one_line_usage_error(ip, "vllm_bench --levels 1,x")
+    assert "every level must be >= 1" in one_line_usage_error(ip, "vllm_bench --levels 0,2")
+    assert "is not an http(s) URL" in one_line_usage_error(ip, "vllm_attach ftp://example")
+    assert "tensor_parallel_size" in one_line_usage_error(ip, "vllm_plan tests/data/model_configs/llama-3.1-70b.json --gpus 0")
+    assert "nothing to complete" in one_line_usage_error(ip, "vllm_generate")
+
+
+def test_plan_takes_the_config_flags(ip):
+    config = Path(__file__).parent / "data" / "model_configs" / "llama-3.1-70b.json"
+    one = magic(ip, f"vllm_plan {config} --gpu H100 --dtype bfloat16 --gpus 4 --max-model-len 8192")
+    two = magic(ip, f"vllm_plan {config} --gpu H100 --dtype bfloat16 --tensor-parallel-size 4 --max-model-len 8192")
+    assert one.tensor_parallel_size == two.tensor_parallel_size == 4
+    assert one.kv_cache_tokens == two.kv_cache_tokens and one.kv_cache_tokens > 0
+    single = magic(ip, f"vllm_plan {config} --gpu H100 --dtype bfloat16 --max-model-len 8192")
+    assert single.fits is False and one.fits is True  # 140 GB of weights fit four H100s, not one
+
+
+def _option_strings(parser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def test_the_magic_and_the_cli_parse_the_same_serve_flags(ip):
+    from mixvllm_nb.cli import _serve_parser
+
+    magic_flags = _option_strings(ip.magics_manager.magics["line"]["vllm_serve"].parser)
+    cli_flags = _option_strings(_serve_parser())
+    assert magic_flags - {"--no-wait"} == cli_flags - {"--dry-run", "-h", "--help"}
+    # seed 003's names, seed 004's aliases and the flags of the config's fields, all from one declaration
+    assert {"--gpus", "--gpu-memory", "--model-path", "--tensor-parallel-size", "--gpu-memory-utilization",
+            "--set", "--env", "--log-dir", "--replace"} <= cli_flags
+    doc = ip.magics_manager.magics["line"]["vllm_serve"].__doc__
+    help_text = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "--help"], capture_output=True, text=True).stdout
+    for phrase in ("fraction of each GPU's memory vLLM may use", "KV cache size on CPU in whole GiB"):
+        assert phrase in doc and phrase in " ".join(help_text.split())
+
+
+def test_an_option_flag_reaches_the_config(ip, tmp_path):
+    from mixvllm_nb.cli import main
+
+    # --dry-run prints the final config: every declared flag lands at its path.
+    out = subprocess.run(
+        [str(VENV_BIN / "mixvllm-serve"), "--dry-run", "--backend", "vllm", "--model", "org/model", "--pp", "2",
+         "--gpu-memory-utilization", "0.5", "--top-k", "7", "--set", "inference.max_num_seqs=3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "pipeline_parallel_size: 2" in out.stdout and "gpu_memory_utilization: 0.5" in out.stdout
+    assert "top_k: 7" in out.stdout and "max_num_seqs: 3" in out.stdout
+    assert main(["--dry-run", "--temperature", "9"]) == 1
+
+
+def _ghost(name: str) -> None:
+    """A record whose process is gone, last written as 'ready' by an owner that never saw it die."""
+    registry.save(registry.ServerRecord(
+        name=name, backend="vllm", model="m", served_model_name="m", host="127.0.0.1", port=9,
+        base_url="http://127.0.0.1:9", pid=2**22 - 11, create_time=1.0, state="ready",
+    ))
+
+
+def _cli_state(name: str) -> str:
+    out = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "list"], capture_output=True, text=True, timeout=120)
+    row = next(line for line in out.stdout.splitlines() if line.startswith(name + " "))
+    return row.split()[2]
+
+
+async def _rest_state(jp_fetch, name: str) -> str:
+    response = await jp_fetch("mixvllm", "api", "servers", name)
+    return json.loads(response.body)["state"]
+
+
+def _panel_state(name: str) -> str:
+    from mixvllm_nb.panel import ControlPanel
+    from mixvllm_nb.panel.monitor import server_state
+
+    panel = ControlPanel(name, interval=60)
+    try:
+        state = server_state(panel.server)
+        assert state in panel.state.value  # the badge in the panel's header says the same
+        return state
+    finally:
+        panel.close()
+
+
+def _magic_state(ip, name: str) -> str:
+    table = magic(ip, "vllm_list")
+    row = next(r for r in table.rows if r[0] == name)
+    return row[2].split(">")[1].split("<")[0]  # the state badge's text
+
+
+async def test_a_dead_server_reads_the_same_state_in_every_front(ip, jp_fetch):
+    _ghost("ghost-front")
+    # A server of ours, killed: its heartbeat writes "crashed"; every front must then agree.
+    server = StandInProcess("standin-model", name="killed-front", port=free_port(), heartbeat_interval=0.2,
+                            detach=True).start()
+    try:
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while registry.get("killed-front").state != "crashed":
+            assert time.monotonic() < deadline, "the heartbeat never noticed the kill"
+            time.sleep(0.1)
+        for name, expected in (("ghost-front", "exited"), ("killed-front", "crashed")):
+            python = next(v["state"] for v in list_servers() if v["name"] == name)
+            states = {"python": python, "rest": await _rest_state(jp_fetch, name), "magic": _magic_state(ip, name),
+                      "panel": _panel_state(name), "cli": _cli_state(name)}
+            assert set(states.values()) == {expected}, states
+    finally:
+        server.stop()
+        registry.remove("ghost-front")
