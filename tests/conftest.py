@@ -38,6 +38,18 @@ def shared_config() -> ServeConfig:
     )
 
 
+# Tests that need a real engine (vLLM's CPU server, llama.cpp) or its stack carry the ``vllm`` marker:
+# `pytest -m "not vllm"` is the fast layer. Whole modules say so with ``pytestmark``; elsewhere a test
+# that takes the shared server (or its client) is marked here, so that no such test can be missed.
+ENGINE_FIXTURES = {"vllm_server", "openai_client"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.vllm)
+
+
 @pytest.fixture
 def jupyter_overrides() -> dict:
     """Extra Jupyter config for one test (parametrize it: an authorizer, MixVLLM limits)."""

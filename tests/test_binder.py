@@ -17,7 +17,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from test_server_support import JupyterProcess
+
+pytestmark = pytest.mark.vllm  # a real engine in every test
 
 ROOT = Path(__file__).resolve().parents[1]
 BINDER = ROOT / "binder"

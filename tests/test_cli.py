@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import marked_alive
 from mixvllm_nb.process import registry
 from mixvllm_nb.process.ports import port_is_free
@@ -62,6 +64,7 @@ def test_list_shows_the_shared_server(vllm_server):
     assert vllm_server.api_key not in result.stdout
 
 
+@pytest.mark.vllm  # converts or starts a real model
 def test_foreground_serve_then_ctrl_c_stops_the_whole_tree():
     proc = subprocess.Popen(
         [*CLI, "--name", "cli-test", "--temperature", "0"],

@@ -20,6 +20,8 @@ from mixvllm_nb.errors import ConfigError, PortInUseError, ServerStartError
 from mixvllm_nb.process import registry
 from mixvllm_nb.process.ports import port_is_free
 
+pytestmark = pytest.mark.vllm  # a real engine in every test
+
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 

@@ -26,6 +26,8 @@ from mixvllm_nb.models import DEFAULT_MODEL_ID, f16_gguf_path
 from mixvllm_nb.process import registry
 from mixvllm_nb.status import status_table
 
+pytestmark = pytest.mark.vllm  # a real engine in every test
+
 LIGHT_CONFIG = {"backend": "llamacpp", "server": {"name": "light"},
                 "generation_defaults": {"temperature": 0.0, "max_tokens": 48}}
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

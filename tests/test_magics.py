@@ -18,6 +18,8 @@ from kernel_helpers import Kernel
 from conftest import marked_alive
 from mixvllm_nb.process import registry
 
+pytestmark = pytest.mark.vllm  # a real engine in every test
+
 SHARED_SERVE = "%vllm_serve --name shared --temperature 0 --max-tokens 64"
 
 

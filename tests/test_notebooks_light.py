@@ -15,6 +15,8 @@ import pytest
 from nbclient import NotebookClient
 from test_server_support import JupyterProcess
 
+pytestmark = pytest.mark.vllm  # a real engine in every test
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 

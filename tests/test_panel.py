@@ -222,6 +222,7 @@ def test_launch_flow_reuses_the_running_server(vllm_server, tmp_path):
     assert not p.monitor.running  # close() stops the refresh thread
 
 
+@pytest.mark.vllm  # converts or starts a real model
 def test_a_failed_launch_shows_the_cause_and_the_log_tail_in_red(tmp_path):
     """A real launch that vLLM refuses (an unknown flag): red error with the log's tail, nothing left."""
     config_file = tmp_path / "broken.yaml"

@@ -12,11 +12,14 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, run_first_cell, start_jupyterlab, write_notebook
 
 from mixvllm_nb.process import registry
 from mixvllm_nb.process.logs import PHASE_NAMES
+
+pytestmark = pytest.mark.vllm  # a real engine in every test
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SERVER = "panel-browser"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mixvllm_nb import VLLMServer
 from mixvllm_nb.config import ServeConfig
 from mixvllm_nb.metrics import VllmMetrics
@@ -12,6 +14,8 @@ from mixvllm_nb.plan import plan_for_config
 from mixvllm_nb.process import logs
 from mixvllm_nb.process.http import http_get
 from mixvllm_nb.status import status_table
+
+pytestmark = pytest.mark.vllm  # a real engine in every test
 
 
 def test_plan_equals_the_shared_servers_log(vllm_server):
