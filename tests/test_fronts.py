@@ -171,3 +171,32 @@ async def test_a_dead_server_reads_the_same_state_in_every_front(ip, jp_fetch):
     finally:
         server.stop()
         registry.remove("ghost-front")
+
+
+def test_mixvllm_serve_reuses_a_running_server_with_the_same_config(tmp_path):
+    from mixvllm_nb.api import server_for_config
+    from mixvllm_nb.config import load_server_config
+    from mixvllm_nb.process.tree import start_stamp
+
+    model = tmp_path / "model"
+    model.mkdir()
+    overrides = {"backend": "vllm", "model.name": str(model), "generation_defaults.temperature": 0.0}
+    handle = server_for_config(load_server_config(None, overrides))
+    handle.prepare()
+    stand_in = subprocess.Popen(["sleep", "60"])  # the "server": a live process the record names
+    registry.save(registry.ServerRecord(
+        name="already-running", backend="vllm", model=str(model), served_model_name=str(model), host="127.0.0.1",
+        port=9, base_url="http://127.0.0.1:9", pid=stand_in.pid, create_time=start_stamp(stand_in.pid),
+        state="ready", identity=handle.config.identity(), config=handle.config.public_dict(),
+    ))
+    try:
+        out = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "--backend", "vllm", "--model", str(model),
+                              "--temperature", "0"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "Reused already-running" in out.stdout and "no second model load" in out.stdout
+        assert {r.name for r in registry.list_records()} >= {"already-running"}
+        assert not [r for r in registry.list_records() if r.name != "already-running" and r.model == str(model)]
+    finally:
+        registry.remove("already-running")
+        stand_in.kill()
+        stand_in.wait()

@@ -375,3 +375,30 @@ async def _tick() -> None:
 
     await asyncio.sleep(0.2)  # lets the server's event loop answer while we poll
 
+
+
+async def test_stopping_the_extension_stops_its_own_servers_and_closes_its_client(fetch, token, jp_serverapp):
+    # Jupyter's shutdown calls stop_extension: what it started without detach stops with it, as a kernel's does.
+    bodies = {name: {"backend": "standin-proc", "model": {"name": STANDIN_MODEL}, "server": {"name": name},
+                     "env_vars": {"WHICH": name}}  # two configs: otherwise the second would reuse the first
+              for name in ("owned-by-jupyter", "detached-from-jupyter")}
+    owned = await fetch("mixvllm/api/servers", "POST", json.dumps(bodies["owned-by-jupyter"]), auth(token))
+    detached = await fetch("mixvllm/api/servers?detach=true", "POST", json.dumps(bodies["detached-from-jupyter"]),
+                           auth(token))
+    assert owned.code == detached.code == 202
+    pids = {name: registry.get(name).pid for name in bodies}
+    state = jp_serverapp.web_app.settings["mixvllm"]
+    assert state.http is not None  # the upstream client, created on first use
+    app = jp_serverapp.extension_manager.extension_apps["mixvllm_nb"]
+    try:
+        await next(iter(app)).stop_extension()
+        assert state._http is None  # closed
+        assert registry.get("owned-by-jupyter", missing_ok=True) is None
+        gone = psutil.pid_exists(pids["owned-by-jupyter"]) is False or \
+            psutil.Process(pids["owned-by-jupyter"]).status() == psutil.STATUS_ZOMBIE
+        assert gone
+        assert psutil.Process(pids["detached-from-jupyter"]).is_running()
+    finally:
+        from mixvllm_nb.api import stop_server
+
+        stop_server("detached-from-jupyter")
