@@ -17,6 +17,7 @@ from .config import ServeConfig, load_server_config
 from .errors import ConfigError, NameTakenError
 from .process import registry
 from .process.ownership import live_servers
+from .process.stopping import stop_record
 from .process.view import ServerView, list_views
 
 
@@ -176,6 +177,9 @@ def stop_server(name: str) -> str:
     if record.attached:
         registry.remove(name)
         return f"detached {name} (an attached server is never stopped by mixvllm_nb)"
-    report = server_from_record(record).stop()
+    mine = next((server for server in live_servers() if server.name == name), None)
+    # Our own object also stops its heartbeat and watchdog; any other server is stopped from its record
+    # alone (its marker, pid and start stamp), whichever process or backend class started it.
+    report = mine.stop() if mine is not None else stop_record(record)
     return f"{name}: {report.summary()}"
 

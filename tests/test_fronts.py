@@ -200,3 +200,21 @@ def test_mixvllm_serve_reuses_a_running_server_with_the_same_config(tmp_path):
         registry.remove("already-running")
         stand_in.kill()
         stand_in.wait()
+
+
+def test_a_server_whose_backend_only_its_owner_knows_is_stopped_by_another_process():
+    # The stand-in backend is registered in this process only: the CLI has never heard of it.
+    server = StandInProcess("standin-model", name="foreign-backend", port=free_port(), detach=True).start()
+    pid = server.pid
+    try:
+        out = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "stop", "foreign-backend"], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "nothing left, port free" in out.stdout
+        assert registry.get("foreign-backend", missing_ok=True) is None
+        server.process.wait(timeout=10)  # our child: reaped here, so it cannot linger as a zombie
+        assert server.process.returncode is not None
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+    assert not any(p.pid == pid for p in __import__("psutil").process_iter())
