@@ -31,17 +31,35 @@ def format_extra_args(extra: list[str] | dict[str, Any]) -> list[str]:
     return args
 
 
+def normalized_flag(arg: str) -> str:
+    """Return a flag as the engine reads it: ``--served_model_name=x`` and ``--served-model-name`` are one flag."""
+    return "--" + arg.split("=", 1)[0].lstrip("-").replace("_", "-")
+
+
 def flag_names(args: list[str]) -> set[str]:
-    """Return the ``--flags`` present in an argument list (for spotting duplicates)."""
-    return {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}
+    """Return the ``--flags`` present in an argument list, normalised (for spotting duplicates)."""
+    return {normalized_flag(arg) for arg in args if arg.startswith("--")}
 
 
-def with_extra_args(command: list[str], extra: list[str] | dict[str, Any]) -> list[str]:
-    """Return ``command`` followed by the config's ``extra_args``; refuse a flag the config already set."""
+def with_extra_args(
+    command: list[str], extra: list[str] | dict[str, Any], *, pinned: tuple[str, ...] = ()
+) -> list[str]:
+    """Return ``command`` followed by the config's ``extra_args``.
+
+    A flag the config already set is refused (set it through its field), and so is a ``pinned`` one:
+    what mixvllm_nb sets itself for the server to stay ours (its key, its address), whatever the spelling.
+    """
     from ..errors import ConfigError
 
     args = format_extra_args(extra)
-    clash = flag_names(args) & flag_names(command)
+    given = flag_names(args)
+    refused = sorted(given & {normalized_flag(flag) for flag in pinned})
+    if refused:
+        raise ConfigError(
+            f"extra_args: {', '.join(refused)} is set by mixvllm_nb and cannot be overridden "
+            "(the key and the address are what keep the server yours; use server.* fields)"
+        )
+    clash = given & flag_names(command)
     if clash:
         raise ConfigError(
             f"extra_args: {', '.join(sorted(clash))} is already set from the config; "

@@ -140,6 +140,11 @@ class InferenceServer(ServerProcess):
         """Return the variables added to the server's environment (API key included)."""
         self.prepare(convert_default_model=False)
         env = dict(self.build_env())
+        pinned = sorted(set(env) & set(self.config.env_vars))
+        if pinned:  # e.g. HOST for llama.cpp: the server would listen elsewhere than the registry says
+            raise ConfigError(f"env_vars.{pinned[0]}: set by mixvllm_nb for the {self.backend_name} backend and "
+                              "not overridable; use its config field instead (server.host, server.port, "
+                              "inference.cpu_kv_cache_gib, generation_defaults)")
         env.update(self.config.env_vars)
         return env
 

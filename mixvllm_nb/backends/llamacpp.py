@@ -40,6 +40,9 @@ _ALLOWED: dict[str, tuple[object, ...]] = {
 DEFAULT_CONTEXT = 2048
 
 
+# Flags the user may not pass: the key travels in the environment, the address is ours to choose.
+PINNED_FLAGS = ("--api_key", "--host", "--port", "--config_file")
+
 class LlamaCppServer(InferenceServer):
     """A llama.cpp server (``llama_cpp.server``) for a GGUF model, light enough for 1-2 GB machines."""
 
@@ -75,7 +78,7 @@ class LlamaCppServer(InferenceServer):
                "--n_ctx", str(inf.max_model_len or DEFAULT_CONTEXT)]
         if cfg.model.tokenizer:
             cmd += ["--hf_pretrained_model_name_or_path", cfg.model.tokenizer]
-        return with_extra_args(cmd, cfg.extra_args)
+        return with_extra_args(cmd, cfg.extra_args, pinned=PINNED_FLAGS)
 
     def build_env(self) -> dict[str, str]:
         """Return the key, and the settings that must not come from the user's own environment."""

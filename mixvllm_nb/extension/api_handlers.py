@@ -7,6 +7,7 @@ proxy's URLs added; the REST API, the magics and the panel share one process man
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -17,8 +18,10 @@ from .. import api
 from ..config import config_from_dict
 from ..errors import ConfigError, MixVLLMError, NameTakenError, ServerNotFoundError
 from ..process import registry
+from ..process.registry import state_dir
 from ..process.view import ServerView, server_view
 from .base import MixvllmHandler, OpenAIError
+from .policy import check_remote_config
 
 
 def proxy_path(base_url: str, name: str) -> str:
@@ -63,6 +66,8 @@ class ServersHandler(MixvllmHandler):
                                                                     ("detach", False))}
         try:
             config = config_from_dict(body, source="request body")
+            check_remote_config(config, allowed_env=set(self.state.config.allowed_env_vars),
+                                log_roots=[Path(self.settings.get("server_root_dir", ".")), state_dir()])
             # serve() may convert the default model (seconds): never on the event loop.
             result = await IOLoop.current().run_in_executor(
                 None, lambda: api.serve(config, wait=False, owner_kind="jupyter-server", **flags))

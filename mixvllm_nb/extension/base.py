@@ -8,7 +8,7 @@ from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
-from traitlets import Float, Int
+from traitlets import Float, Int, List, Unicode
 from traitlets.config import Configurable
 
 # The resource name an Authorizer sees for every route of this extension (as "terminals" for
@@ -43,6 +43,11 @@ class MixVLLM(Configurable):
     )
     connect_timeout = Float(
         10.0, config=True, help="Seconds to wait for a model server to accept a proxied connection."
+    )
+    allowed_env_vars = List(
+        Unicode(), default_value=[], config=True,
+        help="Environment variables a servers API request may set although they hook into the engine's process "
+        "(LD_PRELOAD, PYTHON*, VLLM_SERVER_DEV_MODE, ...): name only those you trust every Jupyter user with.",
     )
     health_timeout = Float(
         2.0, config=True, help="Seconds a health probe of a server still marked 'starting' may take."

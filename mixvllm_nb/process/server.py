@@ -232,7 +232,8 @@ class ServerProcess:
         command = self.get_launch_command()
         if self.config.profile.enabled:
             Path(self.config.profile.output_dir).mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
+        # 0600: the log names the command line and may hold what a model prints; it is its owner's alone.
+        with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log_file:
             log_file.write(f"# mixvllm_nb: {' '.join(command)}\n".encode())
             log_file.flush()
             # A new session: the server is not in the kernel's process group, so an interrupt

@@ -1,0 +1,114 @@
+"""The trust boundary, fast: what a config may not override, what a REST user may not ask, what listings hide.
+
+Real Jupyter server (pytest-jupyter, in-process) and real processes (the stand-in backend of
+test_server_support); no engine is needed for any of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from jupyter_server.auth import Authorizer
+from test_server_support import STANDIN_MODEL
+from tornado.httpclient import HTTPClientError
+
+from mixvllm_nb import VLLMServer, create_server
+from mixvllm_nb.api import list_servers, stop_server
+from mixvllm_nb.errors import ConfigError
+from mixvllm_nb.process import registry
+
+MODEL = "org/some-model"
+
+
+@pytest.mark.parametrize("extra", [["--api_key", "mine"], ["--api-key=mine"], {"api_key": "mine"}, ["--host", "0.0.0.0"],
+                                   ["--uds", "/tmp/x.sock"]])
+def test_extra_args_cannot_replace_the_key_or_the_address(extra):
+    with pytest.raises(ConfigError) as info:
+        VLLMServer(MODEL, port=8123, extra_args=extra).get_launch_command()
+    assert "\n" not in str(info.value) and "extra_args" in str(info.value)
+
+
+def test_a_flag_is_one_flag_whatever_its_spelling():
+    server = VLLMServer(MODEL, port=8123, served_model_name="alias", extra_args=["--served_model_name", "other"])
+    with pytest.raises(ConfigError, match="--served-model-name is already set"):
+        server.get_launch_command()
+
+
+def test_env_vars_cannot_override_what_the_backend_pins(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    light = create_server("llamacpp", str(gguf), port=8124, env_vars={"HOST": "0.0.0.0"})
+    with pytest.raises(ConfigError, match=r"env_vars.HOST: set by mixvllm_nb for the llamacpp backend"):
+        light.get_launch_env()
+    vllm = VLLMServer(MODEL, port=8125, env_vars={"VLLM_API_KEY": "mine"})
+    with pytest.raises(ConfigError, match="env_vars.VLLM_API_KEY"):
+        vllm.get_launch_env()
+
+
+def _body(name: str, **more) -> str:
+    return json.dumps({"backend": "standin-proc", "model": {"name": STANDIN_MODEL}, "server": {"name": name}, **more})
+
+
+async def _post(jp_fetch, body: str, **params):
+    try:
+        return await jp_fetch("mixvllm", "api", "servers", method="POST", body=body, params=params)
+    except HTTPClientError as err:
+        return err.response
+
+
+@pytest.mark.parametrize("name", ["PYTHONWARNINGS", "LD_PRELOAD", "BROWSER", "VLLM_SERVER_DEV_MODE", "PATH"])
+async def test_the_servers_api_refuses_environment_hooks(jp_fetch, name):
+    before = {r.name for r in registry.list_records()}
+    response = await _post(jp_fetch, _body("hooked", env_vars={name: "1"}))
+    assert response.code == 400
+    message = json.loads(response.body)["error"]["message"]
+    assert f"env_vars.{name}" in message and "c.MixVLLM.allowed_env_vars" in message
+    assert {r.name for r in registry.list_records()} == before
+
+
+async def test_the_servers_api_keeps_logs_under_the_jupyter_root_or_the_state_dir(jp_fetch, tmp_path):
+    response = await _post(jp_fetch, _body("elsewhere", log_dir="/etc/cron.d"))
+    assert response.code == 400 and "log_dir" in json.loads(response.body)["error"]["message"]
+
+
+@pytest.mark.parametrize("jupyter_overrides", [{"MixVLLM": {"allowed_env_vars": ["VLLM_SERVER_DEV_MODE"]}}])
+async def test_the_jupyter_owner_can_allow_a_variable(jp_fetch):
+    response = await _post(jp_fetch, _body("allowed-dev", env_vars={"VLLM_SERVER_DEV_MODE": "1"}))
+    try:
+        assert response.code == 202, response.body
+    finally:
+        stop_server("allowed-dev")
+
+
+class DenyKernels(Authorizer):
+    """Allows this extension (even its execute action) but not kernels."""
+
+    def is_authorized(self, handler, user, action, resource):
+        return resource != "kernels"
+
+
+@pytest.mark.parametrize("jupyter_overrides", [{"ServerApp": {"authorizer_class": DenyKernels}}])
+async def test_starting_a_server_needs_the_right_to_start_kernels(jp_fetch):
+    response = await _post(jp_fetch, _body("no-kernels"))
+    assert response.code == 403
+    assert "execute on kernels" in json.loads(response.body)["error"]["message"]
+    assert registry.get("no-kernels", missing_ok=True) is None
+
+
+async def test_listings_hide_environment_values_and_logs_are_private(jp_fetch):
+    response = await _post(jp_fetch, _body("with-secret", env_vars={"HF_TOKEN": "hf_secret_value"},
+                                         extra_args=["--hf-token", "hf_other_secret"]))
+    assert response.code == 202, response.body
+    try:
+        listed = await jp_fetch("mixvllm", "api", "servers")
+        one = await jp_fetch("mixvllm", "api", "servers", "with-secret")
+        for text in (listed.body.decode(), one.body.decode(), json.dumps(list_servers())):
+            assert "hf_secret_value" not in text and "hf_other_secret" not in text
+        assert json.loads(one.body)["config"]["env_vars"] == {"HF_TOKEN": "<hidden>"}
+        log = registry.get("with-secret").log_path
+        assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
+    finally:
+        stop_server("with-secret")
