@@ -202,5 +202,5 @@ class InferenceServer(ServerProcess):
         if self.record is None:
             return {"name": self.name, "backend": self.backend_name, "model": self.served_model_name,
                     "state": str(self.state), "error": self.error}
-        return server_view(self.record, live=self)
+        return server_view(self.record, live=self, details=True)
 

@@ -26,7 +26,7 @@ from . import heartbeat, logs, ownership, registry
 from .http import http_get
 from .ports import ensure_port_free, free_port, url_host, wait_port_free
 from .states import State
-from .tree import MARKER_ENV, StopReport, process_matches, start_stamp, stop_processes
+from .tree import StopReport, launch_env, process_matches, start_stamp, stop_processes
 
 log = logging.getLogger("mixvllm_nb")
 
@@ -55,25 +55,16 @@ class ServerProcess:
         self._watchdog: subprocess.Popen | None = None
         self._launched_at = 0.0
 
-    # -- hooks (see backends.base.InferenceServer) -------------------------------------------------
+    # -- hooks: what a backend provides (backends.base.InferenceServer) --------------------------
 
-    def get_launch_command(self) -> list[str]:
-        raise NotImplementedError
-
-    def get_launch_env(self) -> dict[str, str]:
-        raise NotImplementedError
-
-    def get_health_endpoint(self) -> str:
-        raise NotImplementedError
-
-    def is_ready(self) -> bool:
-        raise NotImplementedError
+    def get_launch_command(self) -> list[str]: raise NotImplementedError  # noqa: E704
+    def get_launch_env(self) -> dict[str, str]: raise NotImplementedError  # noqa: E704
+    def get_health_endpoint(self) -> str: raise NotImplementedError  # noqa: E704
+    def is_ready(self) -> bool: raise NotImplementedError  # noqa: E704
+    def default_model(self, *, convert: bool = True) -> tuple[str, str]: raise NotImplementedError  # noqa: E704
 
     def check_resources(self) -> None:
         """Raise ConfigError, before anything is launched, when this machine cannot run the config."""
-
-    def default_model(self, *, convert: bool = True) -> tuple[str, str]:
-        raise NotImplementedError
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -187,7 +178,10 @@ class ServerProcess:
             self.name = self._claim_name()
             try:
                 self._spawn()
-            except BaseException:
+            except BaseException:  # nothing half-started may stay: the process, if it began, and its name
+                if self.process is not None and self.process.poll() is None:
+                    self.process.kill()
+                    self.process.wait()
                 registry.remove(self.name)
                 raise
             self.set_state(State.STARTING)
@@ -227,7 +221,7 @@ class ServerProcess:
         marker = uuid.uuid4().hex
         # Jupyter's credentials stay out of the model server: it has no use for them.
         inherited = {k: v for k, v in os.environ.items() if k not in _JUPYTER_SECRETS}
-        env = {**inherited, **self.get_launch_env(), MARKER_ENV: marker}
+        env = {**inherited, **self.get_launch_env(), **launch_env(marker)}
         env.setdefault("PYTHONUNBUFFERED", "1")
         command = self.get_launch_command()
         if self.config.profile.enabled:
