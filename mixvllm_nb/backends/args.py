@@ -53,16 +53,16 @@ def with_extra_args(
 
     args = format_extra_args(extra)
     given = flag_names(args)
-    refused = sorted(given & {normalized_flag(flag) for flag in pinned})
-    if refused:
-        raise ConfigError(
-            f"extra_args: {', '.join(refused)} is set by mixvllm_nb and cannot be overridden "
-            "(the key and the address are what keep the server yours; use server.* fields)"
-        )
     clash = given & flag_names(command)
     if clash:
         raise ConfigError(
             f"extra_args: {', '.join(sorted(clash))} is already set from the config; "
             "set it through its config field instead"
+        )
+    refused = sorted(given & {normalized_flag(flag) for flag in pinned})
+    if refused:
+        raise ConfigError(
+            f"extra_args: {', '.join(refused)} is set by mixvllm_nb and cannot be overridden "
+            "(the key and the address are what keep the server yours; use server.* fields)"
         )
     return command + args
