@@ -7,6 +7,7 @@ why, decided once) and show them through :func:`mixvllm_nb.process.view.server_v
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .config import ServeConfig, load_server_config
 from .errors import ConfigError, NameTakenError
 from .process import registry
 from .process.ownership import live_servers
+from .process.ports import is_loopback
 from .process.stopping import stop_record
 from .process.view import ServerView, list_views
 
@@ -54,12 +56,22 @@ class ServeResult:
         return f"{label} ({self.engine_reason})" if self.engine_reason and label != "vLLM" else label
 
     def describe(self) -> str:
-        """Return the one line every front prints: what was launched or reused, where, on which engine."""
+        """Return what every front prints: what was launched or reused, where, on which engine, and whose it is."""
         server = self.server
         if self.outcome == "Reused":
-            return (f"Reused {server.name} ({server.state}, {self.engine}) at {server.base_url}/v1 — same config, "
+            line = (f"Reused {server.name} ({server.state}, {self.engine}) at {server.base_url}/v1 — same config, "
                     "no second model load.")
-        return f"Launched {server.name} on {self.engine} (pid {server.pid}); log: {server.log_path}"
+            owner = (server.record.owner if server.record else None) or {}
+            if owner.get("pid") not in (None, os.getpid()) and not (server.record and server.record.detached):
+                line += (f" It belongs to a {owner.get('kind', 'process')} (pid {owner['pid']}) and stops with it;"
+                         " launch with another --name to have your own.")
+            return line
+        line = f"Launched {server.name} on {self.engine} (pid {server.pid}); log: {server.log_path}"
+        if not is_loopback(server.host):
+            line += (f"\nListening on {server.host}: every machine that reaches this one can use the model with its "
+                     "API key, and vLLM's /metrics and /tokenize without one. Loopback (127.0.0.1) and Jupyter's proxy "
+                     "keep it private.")
+        return line
 
 
 def serve(
@@ -85,28 +97,39 @@ def serve(
     server = server_for_config(config, detach=detach, owner_kind=owner_kind)
     server.prepare()  # resolve the default model etc., so identities compare what would run
     identity = server.config.identity()
-    name = config.server.name
+    with registry.launch_lock(identity):  # one config identity, one engine, however many ask at once
+        reused = _reusable(config.server.name, identity, reuse=reuse, replace=replace)
+        if reused is not None:
+            return ServeResult(server_from_record(reused), "Reused", reason)
+        server.launch()
+    if wait:
+        server.wait_until_ready()
+    return ServeResult(server, "Launched", reason)
+
+
+def _reusable(name: str | None, identity: str, *, reuse: bool, replace: bool) -> registry.ServerRecord | None:
+    """Return the running server to reuse for a config, or None to launch (stopping a replaced one first)."""
     existing = registry.get(name, missing_ok=True) if name else None
     if existing is not None and existing.is_dead():
-        registry.remove(existing.name)
+        registry.remove(existing.name, expected=existing)
         existing = None
     if existing is not None:
         same = existing.identity == identity and not existing.attached
         if same and reuse and not replace:
-            return ServeResult(server_from_record(existing), "Reused", reason)
+            return existing
         if not replace:
             raise NameTakenError(
                 f"server.name: {name!r} is already running with a different config; "
                 "use another name, stop it, or pass replace"
             )
         server_from_record(existing).stop()
-    elif reuse:
+        return None
+    if reuse:
         for record in registry.list_records():
-            if record.identity == identity and not record.attached and not record.is_dead() \
-                    and record.state in ("starting", "ready"):
-                return ServeResult(server_from_record(record), "Reused", reason)
-    server.start(wait=wait)
-    return ServeResult(server, "Launched", reason)
+            if record.identity == identity and not record.attached and record.state in ("starting", "ready") \
+                    and not record.is_dead():
+                return record
+    return None
 
 
 def server_from_record(record: registry.ServerRecord) -> InferenceServer:

@@ -218,3 +218,39 @@ def test_a_server_whose_backend_only_its_owner_knows_is_stopped_by_another_proce
         if server.process.poll() is None:
             server.stop()
     assert not any(p.pid == pid for p in __import__("psutil").process_iter())
+
+
+def test_the_same_config_asked_twice_at_once_loads_one_engine():
+    import threading
+
+    from mixvllm_nb.api import serve
+    from mixvllm_nb.config import config_from_dict
+
+    config = config_from_dict({"backend": "standin-proc", "model": {"name": "standin-model"}, "env_vars": {"RACE": "1"}})
+    barrier, results = threading.Barrier(3), []
+
+    def ask() -> None:
+        barrier.wait()
+        results.append(serve(config, wait=False))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert sorted(r.outcome for r in results) == ["Launched", "Reused", "Reused"]
+        assert len({r.server.name for r in results}) == 1
+    finally:
+        for result in results:
+            if result.outcome == "Launched":
+                result.server.stop()
+
+
+def test_a_server_bound_beyond_loopback_says_what_it_exposes():
+    from mixvllm_nb.api import ServeResult
+
+    server = StandInProcess("standin-model", name="exposed", host="0.0.0.0", port=free_port())
+    assert "every machine that reaches this one" in ServeResult(server, "Launched").describe()
+    server = StandInProcess("standin-model", name="private", port=free_port())
+    assert "every machine" not in ServeResult(server, "Launched").describe()

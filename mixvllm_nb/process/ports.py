@@ -61,3 +61,15 @@ def url_host(host: str) -> str:
     """Return ``host`` as it goes into a URL (IPv6 literals in brackets)."""
     host = connect_host(host)
     return f"[{host}]" if ":" in host else host
+
+
+def is_loopback(host: str) -> bool:
+    """Return True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False

@@ -89,6 +89,21 @@ def _locked() -> Iterator[Path]:
         os.close(fd)  # closing releases the lock
 
 
+@contextmanager
+def launch_lock(identity: str) -> Iterator[None]:
+    """Hold the lock of one config identity while deciding to reuse or launch (across processes).
+
+    Two requests for the same config at once (two POSTs, two kernels) would otherwise both find no
+    server and load the model twice: the second waits here, then finds the first's record.
+    """
+    fd = os.open(servers_dir() / f".launch-{identity}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class ServerRecord:
     """What another process needs to find, use and stop a server."""
