@@ -17,7 +17,7 @@ from tornado.httpclient import HTTPClientError
 
 from mixvllm_nb import VLLMServer, create_server
 from mixvllm_nb.api import list_servers, stop_server
-from mixvllm_nb.errors import ConfigError
+from mixvllm_nb.errors import ConfigError, ServerStartError
 from mixvllm_nb.process import registry
 
 MODEL = "org/some-model"
@@ -112,3 +112,46 @@ async def test_listings_hide_environment_values_and_logs_are_private(jp_fetch):
         assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
     finally:
         stop_server("with-secret")
+
+
+def test_a_port_squatter_never_receives_the_readiness_probe_or_the_key():
+    import socket
+    import threading
+    from test_server_support import StandInProcess
+
+    # The stand-in binds its port 1.5 s after launch; another program takes the port first.
+    server = StandInProcess(STANDIN_MODEL, name="squatted", heartbeat_interval=0.2)
+    server.launch()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", server.port))
+    squatter.listen()
+    received: list[bytes] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        squatter.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = squatter.accept()
+            except OSError:
+                continue
+            conn.settimeout(1)
+            try:
+                received.append(conn.recv(65536))
+            except OSError:
+                pass
+            conn.close()
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        with pytest.raises(ServerStartError):  # the stand-in cannot bind: it dies while starting
+            server.wait_until_ready(timeout=20)
+        done.set()
+        thread.join()
+        assert received == [], received  # no probe reached the squatter, so no key did either
+        assert server.state in ("crashed", "stopped")
+    finally:
+        squatter.close()
+        server.stop()

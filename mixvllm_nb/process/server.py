@@ -24,9 +24,9 @@ from ..config import ServeConfig
 from ..errors import ConfigError, MixVLLMError, NameTakenError, ServerStartError, ServerTimeoutError
 from . import heartbeat, logs, ownership, registry
 from .http import http_get
-from .ports import ensure_port_free, free_port, url_host, wait_port_free
+from .ports import ensure_port_free, free_port, port_is_free, url_host, wait_port_free
 from .states import State
-from .tree import StopReport, launch_env, process_matches, start_stamp, stop_processes
+from .tree import StopReport, launch_env, listens_on, process_matches, start_stamp, stop_processes
 
 log = logging.getLogger("mixvllm_nb")
 
@@ -279,7 +279,8 @@ class ServerProcess:
     def probe_ready(self) -> bool:
         """Ask a starting server whether it is ready now; remember its engine processes when it is."""
         with self.lock:
-            if self.state != State.STARTING or not self.is_ready():
+            # Nothing is asked (with the key) of a port that another program holds: it would get the key.
+            if self.state != State.STARTING or not listens_on(self.pid, self.port) or not self.is_ready():
                 return self.state == State.READY
             self.engine_pids = self._snapshot_children()
             self.set_state(State.READY)
@@ -340,8 +341,9 @@ class ServerProcess:
             marker = self.record.marker if self.record else None
             report = stop_processes(root, marker, grace=timeout)
             self.wait_exit(5)
-            if self.port:
-                report.port_free = wait_port_free(self.host, self.port, timeout=10)
+            if self.port:  # wait only when we stopped something: a port another program holds never frees
+                report.port_free = (wait_port_free(self.host, self.port, timeout=10) if report.processes
+                                    else port_is_free(self.host, self.port))
             self.stop_watchdog()
             if self.name:
                 registry.remove(self.name)

@@ -312,3 +312,26 @@ def _signal(procs: dict[int, float], sig: signal.Signals) -> None:
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+def listens_on(pid: int | None, port: int) -> bool:
+    """Return True when process ``pid`` or one of its descendants listens on TCP ``port``.
+
+    A port chosen free can be taken by another program before the engine binds it (the engine takes
+    seconds to import); that program would then receive the readiness probe, with the key.
+    """
+    if not pid or not port:
+        return False
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for proc in procs:
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in proc.net_connections(kind="inet")):
+                return True
+        except psutil.Error:
+            continue
+    return False
