@@ -117,6 +117,7 @@ async def test_listings_hide_environment_values_and_logs_are_private(jp_fetch):
 def test_a_port_squatter_never_receives_the_readiness_probe_or_the_key():
     import socket
     import threading
+
     from test_server_support import StandInProcess
 
     # The stand-in binds its port 1.5 s after launch; another program takes the port first.
