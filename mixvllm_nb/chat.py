@@ -1,8 +1,10 @@
 """``mixvllm-chat``: a streaming chat with a model server in the terminal, through the Jupyter proxy or directly.
 
-Where it connects, first match wins: ``--base-url``/``--api-key``; ``OPENAI_BASE_URL``/``OPENAI_API_KEY``
-(a terminal opened by ``%vllm_terminal`` points them at the proxy); ``--server`` or ``MIXVLLM_SERVER``,
-looked up in the registry (directly to that server); the newest running server in the registry.
+Where it connects, first match wins: ``--base-url``/``--api-key``; the file named by
+``MIXVLLM_CHAT_TOKEN_FILE`` (a terminal opened by ``%vllm_terminal`` or the panel sets it: the proxy's URL
+and the Jupyter token, which never enter the shell's environment), unless ``--server`` names another server;
+``OPENAI_BASE_URL``/``OPENAI_API_KEY``; ``--server`` or ``MIXVLLM_SERVER``, looked up in the registry
+(directly to that server); the newest running server in the registry.
 
 Commands: ``/system TEXT`` sets the system prompt (``/system`` alone clears it), ``/reset`` forgets the
 conversation, ``/temperature 0.3`` and ``/max_tokens 200`` (alone: the server's default), ``/help``,
@@ -12,7 +14,9 @@ conversation, ``/temperature 0.3`` and ``/max_tokens 200`` (alone: the server's 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -20,6 +24,8 @@ from typing import Any, TextIO
 from .client import Conversation, chat_turn
 
 PROMPT = "you> "
+# The variable a chat terminal sets to the path of its credentials file (see read_token_file).
+TOKEN_FILE_VAR = "MIXVLLM_CHAT_TOKEN_FILE"
 HELP = """commands:
   /system TEXT        set the system prompt (/system alone clears it)
   /reset              forget the conversation (the system prompt stays)
@@ -126,9 +132,39 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"
 
 
+def read_token_file(path: str) -> dict[str, str]:
+    """Return ``{"server", "base_url", "api_key"}`` from a chat terminal's credentials file.
+
+    Raise SystemExit when the file is missing, not JSON, or readable by anyone but its owner (a key
+    others can read, or a file another user planted, is not used).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise SystemExit(f"mixvllm-chat: {TOKEN_FILE_VAR}={path}: {exc.strerror}") from None
+    with os.fdopen(fd) as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            raise SystemExit(f"mixvllm-chat: {TOKEN_FILE_VAR}={path} must be yours and mode 0600 "
+                             f"(it is {stat.S_IMODE(info.st_mode):04o}); not using it")
+        try:
+            data = json.load(handle)
+        except ValueError:
+            data = None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("server", "base_url", "api_key")):
+        raise SystemExit(f"mixvllm-chat: {TOKEN_FILE_VAR}={path} is not a chat credentials file; "
+                         "open a new chat terminal")
+    return data
+
+
 def resolve_endpoint(args: argparse.Namespace, env: dict[str, str] | None = None) -> Endpoint:
     """Return where to connect (see the module docstring for the order); raise SystemExit with a hint."""
     env = dict(os.environ if env is None else env)
+    token_file = None if args.base_url else env.get(TOKEN_FILE_VAR)
+    if token_file:
+        data = read_token_file(token_file)
+        if args.server in (None, data["server"]):
+            return Endpoint(data["base_url"].rstrip("/"), args.api_key or data["api_key"], data["base_url"])
     base_url = args.base_url or env.get("OPENAI_BASE_URL")
     if base_url:
         key = args.api_key or env.get("OPENAI_API_KEY") or "EMPTY"

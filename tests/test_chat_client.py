@@ -6,6 +6,7 @@ temperature) is read off the stand-in upstream's record of each request.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from test_server_support import STANDIN_MODEL, registered_upstream
 
 def run_chat(lines: list[str], env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the chat with ``lines`` typed in; the input ends after them, as with Ctrl+D."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MIXVLLM_SERVER")}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MIXVLLM_SERVER", "MIXVLLM_CHAT_TOKEN_FILE")}
     return subprocess.run([sys.executable, "-m", "mixvllm_nb.chat", *args], input="\n".join(lines) + "\n",
                           env={**clean, **env}, capture_output=True, text=True, timeout=timeout)
 
@@ -91,3 +93,47 @@ def test_max_tokens_and_bare_exit_quit_the_chat(upstream):
     assert [c.get("max_tokens") for c in chats] == [7, None]  # the flag's 3, then 7, then the server's
     assert "[max_tokens 'zero' is not allowed: give a whole number of tokens, at least 1]" in result.stdout
 
+
+
+def token_file(tmp_path, data: dict, mode: int = 0o600) -> str:
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(data))
+    path.chmod(mode)
+    return str(path)
+
+
+def test_chat_takes_url_and_key_from_its_token_file_over_the_openai_variables(upstream, tmp_path):
+    # As in a chat terminal: the file names the proxy and holds the token; a profile's OPENAI_* must
+    # not redirect the key elsewhere.
+    path = token_file(tmp_path, {"server": "chat-standin", "base_url": f"{upstream.url}/v1", "api_key": "sk-chat"})
+    env = {"MIXVLLM_CHAT_TOKEN_FILE": path, "MIXVLLM_SERVER": "chat-standin",
+           "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "from-a-profile"}
+    result = run_chat(["hello"], env)
+    assert result.returncode == 0, result.stderr
+    assert f"at {upstream.url}/v1." in result.stdout and "tok0 tok1 tok2" in result.stdout
+    (chat,) = [hit for hit in upstream.hits if hit.path == "/v1/chat/completions"]
+    assert {k.lower(): v for k, v in chat.headers.items()}["authorization"] == "Bearer sk-chat"
+
+
+def test_chat_asked_for_another_server_does_not_send_the_token_file_s_key_there(upstream, tmp_path):
+    path = token_file(tmp_path, {"server": "other", "base_url": "http://127.0.0.1:9/v1", "api_key": "jupyter-token"})
+    result = run_chat(["hello"], {"MIXVLLM_CHAT_TOKEN_FILE": path}, "--server", "chat-standin")
+    assert result.returncode == 0, result.stderr
+    assert "at chat-standin." in result.stdout and "tok0 tok1 tok2" in result.stdout  # from the registry
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_chat_refuses_a_token_file_others_can_read(upstream, tmp_path, mode):
+    path = token_file(tmp_path, {"server": "chat-standin", "base_url": f"{upstream.url}/v1", "api_key": "sk-chat"},
+                      mode)
+    result = run_chat([], {"MIXVLLM_CHAT_TOKEN_FILE": path})
+    assert result.returncode != 0 and "must be yours and mode 0600" in result.stderr
+    assert f"(it is {mode:04o})" in result.stderr and upstream.hits == []
+
+
+def test_chat_with_a_broken_token_file_says_so(tmp_path):
+    path = token_file(tmp_path, {"server": "x"})
+    result = run_chat([], {"MIXVLLM_CHAT_TOKEN_FILE": path})
+    assert result.returncode != 0 and "is not a chat credentials file" in result.stderr
+    result = run_chat([], {"MIXVLLM_CHAT_TOKEN_FILE": str(tmp_path / "missing.json")})
+    assert result.returncode != 0 and "No such file" in result.stderr

@@ -1,15 +1,19 @@
 """Chat terminals: created through the API with Jupyter's terminal manager, driven over their websocket.
 
-The last test runs ``mixvllm-chat`` inside the terminal against the session's real vLLM server,
-through the proxy of the Jupyter server the terminal belongs to, and reads the answer off the screen.
+``mixvllm-chat`` runs inside the terminal through the proxy of the Jupyter server the terminal belongs
+to, against the stand-in upstream (what it sent is on record) and against the session's real vLLM
+server (the last test), and the answer is read off the screen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import stat
 import time
+from pathlib import Path
 
 import pytest
 from jupyter_server.auth import Authorizer
@@ -24,9 +28,12 @@ class DenyTerminals(Authorizer):
         return resource != "terminals"
 
 
+UPSTREAM_KEY = "sk-terminal-standin"
+
+
 @pytest.fixture
 def upstream():
-    with registered_upstream("standin") as stand_in:
+    with registered_upstream("standin", api_key=UPSTREAM_KEY, events=3, interval=0.01) as stand_in:
         yield stand_in
 
 
@@ -54,7 +61,7 @@ async def read_until(ws, needle: str, timeout: float) -> str:
     return screen
 
 
-async def test_terminal_has_the_proxy_environment_and_starts_in_the_asked_folder(
+async def test_terminal_starts_in_the_asked_folder_with_a_private_token_file(
     jp_fetch, jp_ws_fetch, jp_serverapp, jp_root_dir, jp_http_port, upstream
 ):
     (jp_root_dir / "sub").mkdir()
@@ -64,17 +71,60 @@ async def test_terminal_has_the_proxy_environment_and_starts_in_the_asked_folder
     assert info["name"] in [t["name"] for t in listed]  # one of Jupyter's own terminals
     ws = await jp_ws_fetch("terminals", "websocket", info["name"])
     try:
-        ws.write_message(json.dumps(["stdin", 'echo "ENV:$MIXVLLM_SERVER|$OPENAI_BASE_URL|$OPENAI_API_KEY|$(pwd)|END"\r']))
+        # Every variable of the shell (exported or not) and the environment its programs get, to a file.
+        ws.write_message(json.dumps(["stdin", "(set; env; tr '\\0' '\\n' </proc/$$/environ) >vars.txt; "
+                                              'echo "ENV:$MIXVLLM_SERVER|$MIXVLLM_CHAT_TOKEN_FILE|$(pwd)|END"\r']))
         screen = await read_until(ws, "|END\r\n", timeout=30)  # the typed line ends in |END" instead
     finally:
         ws.close()
-    found = re.search(r"ENV:standin\|(.*?)\|(.*?)\|(.*?)\|END\r\n", screen)
+    found = re.search(r"ENV:standin\|(.*?)\|(.*?)\|END\r\n", screen)
     assert found, screen
-    base_url, key, cwd = found.groups()
-    assert base_url == f"http://127.0.0.1:{jp_http_port}/a%40b/mixvllm/servers/standin/v1"
-    assert key == jp_serverapp.identity_provider.token
+    token_file, cwd = found.groups()
     assert cwd.strip() == str((jp_root_dir / "sub").resolve())
+    token = jp_serverapp.identity_provider.token
+    variables = (jp_root_dir / "sub" / "vars.txt").read_text()
+    assert "MIXVLLM_CHAT_TOKEN_FILE=" in variables and token not in variables
+    assert "OPENAI_API_KEY" not in variables
+    # The token is in a file only its owner may read, with the proxy's URL: mixvllm-chat's alone.
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(token_file)).st_mode) == 0o700
+    assert json.loads(Path(token_file).read_text()) == {
+        "server": "standin", "api_key": token,
+        "base_url": f"http://127.0.0.1:{jp_http_port}/a%40b/mixvllm/servers/standin/v1"}
     assert upstream.hits == []  # opening a terminal sends nothing to the model server
+
+
+async def test_chat_in_the_terminal_reaches_the_server_through_the_proxy(jp_fetch, jp_ws_fetch, upstream):
+    info = await open_terminal(jp_fetch, "standin")  # the stand-in's config leaves auto_start_chat on
+    assert info["chat_started"] is True
+    ws = await jp_ws_fetch("terminals", "websocket", info["name"])
+    try:
+        await read_until(ws, "/help for commands", timeout=60)  # it listed the model: it connected
+        ws.write_message(json.dumps(["stdin", "hello\r"]))
+        await read_until(ws, "tok0 tok1 tok2", timeout=60)
+        ws.write_message(json.dumps(["stdin", "/exit\r"]))
+    finally:
+        ws.close()
+    chats = [hit for hit in upstream.hits if hit.path == "/v1/chat/completions"]
+    assert [hit.json()["messages"][-1]["content"] for hit in chats] == ["hello"]
+    assert chats[0].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"  # the proxy's key, not the token
+
+
+@pytest.mark.parametrize("body, field, allowed", [
+    ({"path": 5}, "path", "a string"),
+    ({"path": ["sub"]}, "path", "a string"),
+    ({"auto_start_chat": "false"}, "auto_start_chat", "true, false or null"),
+    ({"auto_start_chat": 0}, "auto_start_chat", "true, false or null"),
+    ({"auto_start": False}, "auto_start", "allowed: path, auto_start_chat"),
+])
+async def test_terminal_fields_of_the_wrong_type_are_400_naming_the_field(jp_fetch, upstream, body, field, allowed):
+    with pytest.raises(HTTPClientError) as err:
+        await open_terminal(jp_fetch, "standin", **body)
+    assert err.value.code == 400
+    error = json.loads(err.value.response.body)["error"]
+    assert error["message"].startswith(f"{field}: ") and allowed in error["message"]
+    assert "\n" not in error["message"] and error["code"] == "invalid_field"
+    assert json.loads((await jp_fetch("api", "terminals")).body) == []  # no terminal, no chat started
 
 
 async def test_terminal_paths_outside_the_root_and_unknown_servers_are_refused(jp_fetch, upstream):

@@ -3,9 +3,15 @@
 Clients authenticate to Jupyter (token, cookie + XSRF, or ``Authorization: Bearer <jupyter token>``,
 so ``openai.OpenAI(base_url=.../mixvllm/servers/<name>/v1, api_key=<jupyter token>)`` works). They
 never choose a host or port: only a registered name and a path from a short allowlist. Upstream,
-the server's own API key replaces every credential of the client. Each chunk of a streamed answer
-is written and flushed as soon as it arrives (jupyter-server-proxy 4.6 buffers whole answers),
-and a client that goes away closes the upstream request, so the engine aborts the generation.
+the server's own API key replaces every credential of the client. Only JSON, server-sent events and
+plain text come back (an HTML answer would render at Jupyter's origin), always with ``nosniff``.
+A body over ``MixVLLM.max_body_bytes`` is refused as it arrives, never held in memory whole.
+
+Streamed answers are relayed as they arrive: what one read from the model server brings is written
+and flushed at once (jupyter-server-proxy 4.6 buffers whole answers unless the client's Accept is
+exactly ``text/event-stream``), and a client that goes away closes the upstream connection, so the
+engine aborts the generation. The upstream exchange is :class:`.upstream.Upstream` (see its
+docstring for why not httpx).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from tornado.iostream import StreamClosedError
 
 from ..errors import ServerNotFoundError
 from ..process import registry
-from .base import MixvllmHandler, OpenAIError
+from .base import MixvllmHandler, OpenAIError, error_body
+from .upstream import Upstream, UpstreamError
 
 # Upstream path -> methods. Everything else a server offers (vLLM's /tokenize, /invocations,
 # /pause, dev endpoints, ...) stays unreachable through Jupyter.
@@ -37,6 +44,11 @@ ALLOWED_PATHS: dict[str, tuple[str, ...]] = {
 # ?token=), Origin and any header a JupyterHub or a reverse proxy adds all stay here.
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent", "X-Request-Id")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "X-Request-Id")
+# Media types relayed to the browser's origin: none of them renders as a page or runs as a script.
+RELAYED_CONTENT_TYPES = ("application/json", "text/event-stream", "text/plain")
+# After a 413, up to this much more of the body is read and dropped so that the client, still
+# sending, can read its answer (a connection closed on unread data is reset, and the answer lost).
+DRAIN_BYTES = 16 * 2**20
 _DEAD_STATES = ("exited", "crashed", "stopped")
 
 
@@ -50,22 +62,76 @@ def upstream_headers(client_headers: Any, api_key: str) -> dict[str, str]:
     return headers
 
 
+def relayed_content_type(value: str | None) -> str | None:
+    """Return the Content-Type to answer with for an upstream one, or None when it must not be relayed."""
+    if not value:
+        return "text/plain; charset=utf-8"  # no type (vLLM's /health): say text, never let a browser guess
+    media = value.split(";", 1)[0].strip().lower()
+    return value if media in RELAYED_CONTENT_TYPES else None
+
+
+@web.stream_request_body
 class ProxyHandler(MixvllmHandler):
     """Forward one allowlisted request to a registered server and stream its answer back."""
 
     SUPPORTED_METHODS = ("GET", "POST", "OPTIONS")  # type: ignore[assignment]
     _pump: asyncio.Task | None = None
+    _refused = False  # a 413 went out: what still comes of the body is dropped
+    _received = 0  # bytes of the body so far (after a 413: bytes dropped)
 
-    @web.authenticated
-    @authorized
+    def set_default_headers(self) -> None:
+        """Jupyter's defaults, and ``nosniff`` that no deployment setting removes (errors included)."""
+        super().set_default_headers()
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Authenticate (Jupyter), then refuse a declared body over the limit before reading any of it."""
+        self._chunks: list[bytes] = []
+        await super().prepare()
+        declared = self.request.headers.get("Content-Length", "")
+        limit = self.state.config.max_body_bytes
+        if declared.isdigit() and int(declared) > limit:
+            # Tornado's own limit (a bare 400) must not answer first: we read and drop instead.
+            self.request.connection.set_max_body_size(int(declared))  # type: ignore[union-attr]
+            self._refuse(f"request body of {int(declared)} bytes (Content-Length) is over the limit of {limit} "
+                         "bytes (MixVLLM.max_body_bytes)")
+
+    def data_received(self, chunk: bytes) -> None:
+        """Keep the body as it arrives, counting; refuse it once it passes the limit, and drop the rest."""
+        self._received += len(chunk)
+        if self._refused:
+            if self._received > DRAIN_BYTES and not self._finished:
+                self.finish()  # enough politeness: Tornado closes the connection and reads no more
+            return
+        limit = self.state.config.max_body_bytes
+        if self._received > limit:
+            self._refuse(f"request body (chunked) went over the limit of {limit} bytes (MixVLLM.max_body_bytes); "
+                         "the rest was not read")
+            return
+        self._chunks.append(chunk)
+
+    def _refuse(self, message: str) -> None:
+        """Answer 413 now, while the client may still be sending (its answer must not wait for its body)."""
+        self._refused, self._chunks, self._received = True, [], 0
+        payload = error_body(413, message, "body_too_large").encode()
+        self.set_status(413)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Length", str(len(payload)))
+        self.write(payload)
+        self.flush()
+
     async def get(self, name: str, path: str) -> None:
         """Forward a GET (models, health, metrics)."""
-        await self._forward(name, path)
+        if not self._refused:
+            await self._authorized_forward(name, path)
+        elif not self._finished:
+            self.finish()  # the 413 went out already; the body has now been read and dropped
+
+    post = get  # completions, chat completions, embeddings: the same checks, the method decides
 
     @web.authenticated
     @authorized
-    async def post(self, name: str, path: str) -> None:
-        """Forward a POST (completions, chat completions, embeddings)."""
+    async def _authorized_forward(self, name: str, path: str) -> None:
         await self._forward(name, path)
 
     def on_connection_close(self) -> None:
@@ -83,10 +149,6 @@ class ProxyHandler(MixvllmHandler):
         if self.request.method not in methods:
             raise OpenAIError(405, f"{path} accepts {', '.join(methods)}, not {self.request.method}",
                               code="method_not_allowed")
-        limit = self.state.config.max_body_bytes
-        if len(self.request.body) > limit:
-            raise OpenAIError(413, f"request body of {len(self.request.body)} bytes is over the limit of "
-                              f"{limit} bytes (MixVLLM.max_body_bytes)", code="body_too_large")
         record = await self._usable_record(name)
         # The upstream exchange runs as its own task so that a client disconnect can cancel it
         # at once, even while the engine sends nothing (a long prefill).
@@ -118,48 +180,76 @@ class ProxyHandler(MixvllmHandler):
         return record
 
     async def _healthy(self, record: registry.ServerRecord) -> bool:
-        import httpx
-
+        timeout = self.state.config.health_timeout
+        upstream = None
         try:
-            response = await self.state.http.get(
-                f"{record.base_url.rstrip('/')}/health", headers=upstream_headers({}, record.api_key),
-                timeout=self.state.config.health_timeout,
-            )
-        except httpx.HTTPError:
+            upstream = await asyncio.wait_for(Upstream.open(
+                "GET", f"{record.base_url.rstrip('/')}/health", upstream_headers({}, record.api_key), None,
+                connect_timeout=timeout), timeout)
+            return upstream.status == 200
+        except (UpstreamError, OSError, TimeoutError):
             return False
-        return response.status_code == 200
+        finally:
+            if upstream is not None:
+                upstream.close()
 
     async def _relay(self, record: registry.ServerRecord, path: str) -> None:
-        import httpx
-
         url = f"{record.base_url.rstrip('/')}/{path}"  # the client's query string is dropped: it may hold ?token=
-        headers = upstream_headers(self.request.headers, record.api_key)
-        body = self.request.body if self.request.method == "POST" else None
-        content_type = "application/json"
+        body = b"".join(self._chunks) if self.request.method == "POST" else None
+        self._chunks = []
         try:
-            async with self.state.http.stream(self.request.method, url, headers=headers, content=body) as upstream:
-                self.set_status(upstream.status_code, upstream.reason_phrase or None)
-                for header in FORWARDED_RESPONSE_HEADERS:
-                    if header in upstream.headers:
-                        self.set_header(header, upstream.headers[header])
-                content_type = upstream.headers.get("Content-Type", content_type)
-                self.set_header("Content-Type", content_type)
-                streamed = "Content-Length" not in upstream.headers
-                if content_type.startswith("text/event-stream"):
-                    self.set_header("Cache-Control", "no-cache")
-                    self.set_header("X-Accel-Buffering", "no")  # and nginx in front of Jupyter must not buffer
-                if streamed:
-                    await self.flush()  # the headers now: a client learns at once that its stream began
-                async for chunk in upstream.aiter_raw():
-                    self.write(chunk)
-                    if streamed:
-                        await self.flush()  # each server-sent event leaves now, not with the next one
-        except StreamClosedError:
-            return  # the client left mid-answer; leaving the block closed the upstream request
-        except httpx.HTTPError as exc:
-            if self._headers_written:
-                self.log.warning("mixvllm: upstream %s broke off mid-answer: %s", record.name, exc)
-                return
+            upstream = await Upstream.open(self.request.method, url, upstream_headers(self.request.headers,
+                                           record.api_key), body, connect_timeout=self.state.config.connect_timeout)
+        except (UpstreamError, OSError) as exc:
             raise OpenAIError(502, f"server {record.name!r} at {record.base_url} could not be reached: "
                               f"{type(exc).__name__}: {exc}", code="upstream_unreachable") from None
+        try:
+            await self._relay_answer(record, upstream)
+        finally:
+            upstream.close()  # also on cancellation: the engine sees its client leave
+
+    async def _relay_answer(self, record: registry.ServerRecord, upstream: Upstream) -> None:
+        content_type = relayed_content_type(upstream.headers.get("content-type"))
+        if content_type is None:
+            raise OpenAIError(502, f"server {record.name!r} answered {upstream.status} with Content-Type "
+                              f"{upstream.headers['content-type'][:100]!r}, which is not relayed; allowed: "
+                              f"{', '.join(RELAYED_CONTENT_TYPES)}", code="upstream_content_type")
+        self.set_status(upstream.status, upstream.reason or None)
+        for header in FORWARDED_RESPONSE_HEADERS:
+            if header.lower() in upstream.headers:
+                self.set_header(header, upstream.headers[header.lower()])
+        self.set_header("Content-Type", content_type)
+        streamed = "content-length" not in upstream.headers
+        # A chunked answer goes to an HTTP/1.1 client as the server framed it: Tornado frames our answer
+        # the same way (chunked, no Content-Length), so the server's chunks are written to the socket as
+        # they are and Tornado's finish() adds the last chunk. No re-framing, no copy of each event.
+        framed = (streamed and upstream.chunked and self.request.version == "HTTP/1.1"
+                  and not self.application.transforms)  # no gzip (compress_response): it would re-encode
+        if content_type.startswith("text/event-stream"):
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")  # and nginx in front of Jupyter must not buffer
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        try:
+            if streamed:
+                # Each write leaves at once instead of waiting for the client's ACK of the last one
+                # (Nagle); Tornado turns this off again when the answer is finished.
+                stream.set_nodelay(True)
+                await self.flush()  # the headers now: a client learns at once that its stream began
+            async for data in upstream.body(framed=framed):
+                if framed:
+                    await stream.write(data)  # after the headers, in order: one IOStream buffer
+                else:
+                    self.write(data)
+                    if streamed:
+                        await self.flush()  # what arrived leaves now, not with the next read
+        except StreamClosedError:
+            return  # the client left mid-answer; the caller closes the upstream connection
+        except (UpstreamError, OSError) as exc:
+            if not self._headers_written:
+                raise OpenAIError(502, f"server {record.name!r} broke off its answer: {exc}",
+                                  code="upstream_unreachable") from None
+            self.log.warning("mixvllm: upstream %s broke off mid-answer: %s", record.name, exc)
+            if framed and not upstream.between_chunks:
+                stream.close()  # a last chunk now would end a chunk early: the client must see a cut
+                return
         self.finish(set_content_type=content_type)

@@ -2,15 +2,22 @@
 
 The terminal is one of jupyter_server_terminals' (the manager JupyterLab uses), so it is authenticated,
 listed, culled and shut down like any other, and opens in JupyterLab or Notebook 7 by its name.
+
+The Jupyter token never enters the terminal's environment: an exported ``OPENAI_API_KEY`` would reach
+every OpenAI tool run in that shell, and wherever a profile's ``OPENAI_BASE_URL`` points. The proxy URL
+and the token go into a 0600 file under the state dir instead, named by ``MIXVLLM_CHAT_TOKEN_FILE``,
+which only ``mixvllm-chat`` reads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +25,18 @@ from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..chat import TOKEN_FILE_VAR
 from ..errors import ServerNotFoundError
 from ..process import registry
+from .api_handlers import proxy_path
 from .base import MixvllmHandler, OpenAIError
-from .manager import proxy_path
+
+# The fields of the request body: name -> (JSON type, the allowed values in words). null means the default.
+BODY_FIELDS: dict[str, tuple[type, str]] = {
+    "path": (str, "a string (a folder relative to the Jupyter root) or null"),
+    "auto_start_chat": (bool, "true, false or null"),
+}
+_CREDENTIALS_RE = re.compile(r"^jupyter-(\d+)-.+\.json$")
 
 # Addresses a Jupyter server may listen on that a client on the same machine reaches as loopback.
 _LOOPBACK_ALIASES = ("", "localhost", "0.0.0.0", "*", "::", "127.0.0.1")
@@ -51,6 +66,53 @@ def terminal_cwd(root_dir: str, path: str | None) -> str:
     return str(target)
 
 
+def terminal_options(body: dict[str, Any]) -> tuple[str | None, bool | None]:
+    """Return ``(path, auto_start_chat)`` from the request body; 400 naming a field of the wrong type."""
+    for key, value in body.items():
+        if key not in BODY_FIELDS:
+            raise OpenAIError(400, f"{key}: unknown field; allowed: {', '.join(BODY_FIELDS)}", code="invalid_field")
+        kind, allowed = BODY_FIELDS[key]
+        # type() and not isinstance(): JSON's true is not a path, and 1 is not a boolean.
+        if value is not None and type(value) is not kind:
+            raise OpenAIError(400, f"{key}: expected {allowed}, got {json.dumps(value)}", code="invalid_field")
+    return body.get("path"), body.get("auto_start_chat")
+
+
+def write_chat_credentials(server: str, base_url: str, token: str) -> Path:
+    """Write the proxy URL and the token for ``mixvllm-chat`` to a file only this user reads; return its path.
+
+    One file per Jupyter process and server (opening more terminals rewrites it); files of Jupyter
+    processes that are gone are removed on the way.
+    """
+    folder = registry.state_dir() / "chat"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    for old in folder.iterdir():
+        found = _CREDENTIALS_RE.match(old.name)
+        if found and int(found.group(1)) != os.getpid() and not _pid_alive(int(found.group(1))):
+            old.unlink(missing_ok=True)
+    path = folder / f"jupyter-{os.getpid()}-{server}.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".chat-", suffix=".tmp")  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"server": server, "base_url": base_url, "api_key": token}, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def chat_command() -> str:
     """Return the shell line that starts the chat client (absolute: a login shell may reset PATH)."""
     script = shutil.which("mixvllm-chat") or str(Path(sys.executable).with_name("mixvllm-chat"))
@@ -72,7 +134,7 @@ def create_chat_terminal(
 
 
 class ServerTerminalHandler(MixvllmHandler):
-    """Open a terminal whose environment points ``mixvllm-chat`` (or any OpenAI client) at a server."""
+    """Open a terminal whose ``mixvllm-chat`` reaches a server through the proxy (the token stays in a file)."""
 
     @web.authenticated
     @authorized(action="execute")
@@ -93,20 +155,17 @@ class ServerTerminalHandler(MixvllmHandler):
         except (ServerNotFoundError, ValueError) as exc:
             raise OpenAIError(404, str(exc), code="server_not_found") from None
         assert record is not None
-        body = self.json_object_body('such as {"path": "sub/folder"}')
-        cwd = terminal_cwd(self.settings["server_root_dir"], body.get("path"))
-        auto_start = body.get("auto_start_chat")
+        path, auto_start = terminal_options(self.json_object_body('such as {"path": "sub/folder"}'))
+        cwd = terminal_cwd(self.settings["server_root_dir"], path)
         if auto_start is None:
             auto_start = bool((record.config.get("terminal") or {}).get("auto_start_chat", True))
         serverapp = self.settings["serverapp"]
         # JupyterHub's single-user servers have no Jupyter token; their API token authenticates instead.
         token = getattr(self.identity_provider, "token", "") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        v1 = proxy_path(local_server_url(serverapp), name) + "/v1"
         env = {
-            "OPENAI_BASE_URL": proxy_path(local_server_url(serverapp), name) + "/v1",
-            # The Jupyter token authenticates the chat client to our proxy; the terminal is already a
-            # shell of the same user, so it learns nothing it could not read from the runtime dir.
-            "OPENAI_API_KEY": token or "EMPTY",
             "MIXVLLM_SERVER": name,
+            TOKEN_FILE_VAR: str(write_chat_credentials(name, v1, token or "EMPTY")),
         }
         term_name = create_chat_terminal(terminal_manager, env=env, cwd=cwd, auto_start_chat=bool(auto_start))
         self.set_status(201)
