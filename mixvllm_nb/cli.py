@@ -16,7 +16,7 @@ import shlex
 import signal
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 
@@ -24,6 +24,9 @@ from .config import load_server_config
 from .config.options import launch_overrides, serve_arguments
 from .display import Table
 from .errors import MixVLLMError, ServerStartError
+
+if TYPE_CHECKING:
+    from .backends.base import InferenceServer
 
 PROG = "mixvllm-serve"
 
@@ -101,7 +104,7 @@ def cmd_serve(argv: list[str]) -> int:
     return 0 if interrupted else 1
 
 
-def _dry_run(server: Any) -> int:
+def _dry_run(server: InferenceServer) -> int:
     command = server.get_launch_command()
     env = server.get_launch_env()
     shown = server.config.public_dict()

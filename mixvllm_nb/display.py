@@ -6,9 +6,12 @@ Pure string building: no IPython or ipywidgets import, so the manager can use it
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .process import logs
+
+if TYPE_CHECKING:
+    from .backends.base import InferenceServer
 
 _STATE_COLOURS = {
     "ready": "#1a7f37",
@@ -111,7 +114,7 @@ def format_uptime(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-def on_vllm(server: Any, what: str) -> bool:
+def on_vllm(server: InferenceServer, what: str) -> bool:
     """Return True when ``server`` runs on vLLM; else print, in one line, that ``what`` needs vLLM.
 
     For notebooks that also run on the light engine (mybinder.org): ``if on_vllm(srv, "vLLM's KV
@@ -123,7 +126,7 @@ def on_vllm(server: Any, what: str) -> bool:
     return False
 
 
-def startup_snapshot(server: Any) -> tuple[str, str]:
+def startup_snapshot(server: InferenceServer) -> tuple[str, str]:
     """Return a starting server's phase (read from its log) and a detail line, for any front."""
     text = logs.read_text(server.log_path) if server.log_path else ""
     state = str(server.state)

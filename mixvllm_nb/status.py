@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .display import Table, format_uptime, state_badge
 from .process import logs, registry
 from .process.http import http_get
 from .process.view import server_view
 
+if TYPE_CHECKING:
+    from .backends.base import InferenceServer
+
 COLUMNS = ["name", "model", "state", "url", "pid", "uptime", "KV cache tokens", "planned", "max concurrency",
            "running", "waiting", "KV usage %", "gen tokens/s"]
 
 
-def scrape(server: Any) -> Any | None:
+def scrape(server: InferenceServer) -> Any | None:
     """Return the server's parsed ``/metrics`` (None when it has none, e.g. another engine)."""
     from .metrics import VllmMetrics
 
@@ -24,7 +27,7 @@ def scrape(server: Any) -> Any | None:
     return VllmMetrics.from_text(body.decode("utf-8", errors="replace"))
 
 
-def live_load(server: Any, previous: dict[str, tuple[float, float]]) -> dict[str, Any]:
+def live_load(server: InferenceServer, previous: dict[str, tuple[float, float]]) -> dict[str, Any]:
     """Return running/waiting requests, KV usage and generation tokens/s for a live server.
 
     Tokens/s comes from the counter's change since the previous call for this server (kept in

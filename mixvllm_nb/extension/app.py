@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jupyter_server.extension.application import ExtensionApp
 
@@ -12,6 +12,9 @@ from .api_handlers import ServerHandler, ServersHandler
 from .base import ExtensionState, MixVLLM
 from .proxy import ProxyHandler
 from .terminals import ServerTerminalHandler
+
+if TYPE_CHECKING:
+    from ..backends.base import InferenceServer
 
 # The registry's own rule for names: a name can never carry a slash, a dot-dot or a host.
 log = logging.getLogger("mixvllm_nb")
@@ -63,7 +66,7 @@ class MixVLLMApp(ExtensionApp):
         state.servers.clear()
 
 
-def _stop(server: Any) -> None:
+def _stop(server: InferenceServer) -> None:
     try:
         log.info("mixvllm_nb: stopped %s at Jupyter shutdown: %s", server.name, server.stop(timeout=10).summary())
     except Exception:  # shutting down anyway: one failure must not keep the others running

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from IPython.display import HTML, display
 
 from ..display import progress_html, progress_text, startup_snapshot
 from .common import in_notebook
 
+if TYPE_CHECKING:
+    from ..backends.base import InferenceServer
+
 
 class StartupProgress:
     """Shows a starting server's phase (parsed from its log) in the cell that started it."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: InferenceServer) -> None:
         self.server = server
         self.started = time.monotonic()
         self.handle = display(HTML(self._html()), display_id=True) if in_notebook() else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
@@ -14,6 +14,9 @@ from .errors import ErrorBox, guarded
 from .launch import LaunchSection
 from .monitor import LogsSection, MonitorSection, server_state
 from .sampling import SamplingSection
+
+if TYPE_CHECKING:
+    from ..backends.base import InferenceServer
 
 TAB_TITLES = ("Launch", "Monitor", "Sampling", "Chat", "Logs")
 
@@ -30,7 +33,7 @@ class ControlPanel(widgets.VBox):
         from ..api import list_servers
         from ..gpu import detect_gpus
 
-        self.server: Any = None
+        self.server: InferenceServer = None
         self.errors = ErrorBox()
         guard = guarded(self.errors)
         on_cpu = not detect_gpus()
@@ -107,7 +110,7 @@ class ControlPanel(widgets.VBox):
         elif self.server is None or self.server.name != change["new"]:
             self._bind(change["new"])
 
-    def _bind(self, name: str, server: Any = None) -> None:
+    def _bind(self, name: str, server: InferenceServer = None) -> None:
         from ..api import get_server
 
         self.server = server if server is not None else get_server(name)
@@ -115,7 +118,7 @@ class ControlPanel(widgets.VBox):
         self._show_state(self.server, server_state(self.server))
         self.monitor.watch(self.server)
 
-    def _on_launched(self, server: Any) -> None:
+    def _on_launched(self, server: InferenceServer) -> None:
         """Select a server the Launch tab just started or reused (called from its thread)."""
         names = self.refresh_servers()
         if server.name not in names:
@@ -124,7 +127,7 @@ class ControlPanel(widgets.VBox):
         self.selector.value = server.name
         self._bind(server.name, server)
 
-    def _show_state(self, server: Any, state: str) -> None:
+    def _show_state(self, server: InferenceServer, state: str) -> None:
         if self.server is not None and server is not self.server:
             return  # a late tick from the thread of a server no longer selected
         self.state.value = f"{state_badge(state)} <span style='color:#57606a'>{html.escape(server.name)}</span>"
