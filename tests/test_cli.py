@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
+from device_expectations import own_server_flags
 
 from conftest import marked_alive
 from mixvllm_nb.process import registry
-from mixvllm_nb.process.ports import port_is_free
+from mixvllm_nb.process.ports import free_port, port_is_free
 
 CLI = [sys.executable, "-m", "mixvllm_nb.cli"]
 
@@ -22,17 +23,27 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
+def _launches_of(model: str, since: float) -> list[int]:
+    """Return the pids of processes started since ``since`` whose command line names ``model``."""
+    return [proc.pid for proc in psutil.process_iter(["cmdline", "create_time"])
+            if (proc.info["create_time"] or 0) >= since and any(model in part for part in proc.info["cmdline"] or [])]
+
+
 def test_dry_run_prints_config_and_command_and_starts_nothing(tmp_path):
+    records_before, since, port = [r.name for r in registry.list_records()], time.time() - 1, free_port()
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  name: meta-llama/Llama-2-7b-hf\ngeneration:\n  temperature: 0.7\nserver:\n  port: 8011\n  api_key: top-secret\n")
-    result = run_cli("--config", str(config), "--port", "9011", "--temperature", "0.2", "--env", "OMP_NUM_THREADS=2", "--dry-run")
+    result = run_cli("--config", str(config), "--port", str(port), "--temperature", "0.2", "--env", "OMP_NUM_THREADS=2", "--dry-run")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "--port 9011" in out  # CLI beats YAML
+    assert f"--port {port}" in out  # CLI beats YAML
     assert '"temperature": 0.2' in out
     assert "OMP_NUM_THREADS=2" in out and "VLLM_API_KEY=<hidden>" in out
     assert "top-secret" not in out
-    assert registry.list_records() == [] or all(r.name != "Llama-2-7b-hf" for r in registry.list_records())
+    # Nothing was started: no new registry entry, no process of that model, the port still free.
+    assert [r.name for r in registry.list_records()] == records_before
+    assert _launches_of("meta-llama/Llama-2-7b-hf", since) == []
+    assert port_is_free("127.0.0.1", port)
 
 
 def test_config_errors_are_one_line_and_exit_1(tmp_path):
@@ -67,7 +78,7 @@ def test_list_shows_the_shared_server(vllm_server):
 @pytest.mark.vllm  # converts or starts a real model
 def test_foreground_serve_then_ctrl_c_stops_the_whole_tree():
     proc = subprocess.Popen(
-        [*CLI, "--name", "cli-test", "--temperature", "0"],
+        [*CLI, "--name", "cli-test", "--temperature", "0", *own_server_flags().split()],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -110,4 +121,3 @@ def test_list_clean_removes_dead_entries(tmp_path):
     cleaned = run_cli("list", "--clean")
     assert "removed dead entry ghost" in cleaned.stdout
     assert registry.get("ghost", missing_ok=True) is None
-    assert json.dumps(registry.get("ghost", missing_ok=True)) == "null"

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from device_expectations import on_gpu
 
 from mixvllm_nb import VLLMServer, create_server
 from mixvllm_nb.backends.args import format_extra_args
@@ -246,7 +247,8 @@ def test_extra_args_that_clash_with_config_fields_are_refused():
         server.get_launch_command()
 
 
-def test_cpu_defaults_and_secret_kept_off_the_command_line():
+def test_cpu_defaults_and_secret_kept_off_the_command_line(monkeypatch):
+    monkeypatch.setattr(VLLMServer, "on_cpu", lambda self: True)  # the CPU branch, on a GPU machine too
     server = VLLMServer(MODEL, cpu_kv_cache_gib=2, api_key="s3cret-key")
     command = server.get_launch_command()
     env = server.get_launch_env()
@@ -256,6 +258,18 @@ def test_cpu_defaults_and_secret_kept_off_the_command_line():
     assert env["VLLM_API_KEY"] == "s3cret-key"
     assert not any("s3cret" in part for part in command)
     assert "s3cret" not in repr(server.config) and "s3cret" not in json.dumps(server.config.public_dict())
+
+
+def test_the_default_command_follows_this_machines_device():
+    """No GPU: vLLM's CPU build gets float32, eager mode and a CPU KV cache; a GPU: none of them."""
+    server = VLLMServer(MODEL)
+    command, env = server.get_launch_command(), server.get_launch_env()
+    cpu_defaults = ["--dtype" in command and command[command.index("--dtype") + 1] == "float32",
+                    "--enforce-eager" in command, "VLLM_CPU_KVCACHE_SPACE" in env]
+    if on_gpu():
+        assert not server.on_cpu() and not any(cpu_defaults), command
+    else:
+        assert server.on_cpu() and all(cpu_defaults), command
 
 
 def test_nonexistent_local_model_is_refused_before_launch(tmp_path):
@@ -338,11 +352,17 @@ def test_seed_004_load_request_gives_the_same_command_as_seed_001(tmp_path, monk
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
+def test_the_example_configs_are_all_there():
+    # The test below is parametrised over the folder: without this one, a lost file would only lose its case.
+    assert [p.name for p in EXAMPLES] == ["gpt-oss-20b.yaml", "light-llamacpp.yaml", "llama-70b-tp2.yaml",
+                                          "phi3-mini.yaml", "qwen2.5-vl-3b.yaml", "seed002-flat.yaml",
+                                          "smollm2-cpu.yaml"]
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_config_validates_and_dry_runs(path, capsys):
     from mixvllm_nb.cli import main
 
-    assert len(EXAMPLES) >= 6
     assert main(["--dry-run", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     command = out.split("# launch command\n")[1]

@@ -215,7 +215,12 @@ def test_to_dict_is_json_ready():
 def test_committed_real_vllm_scrape():
     path = Path(__file__).parent / "data" / "vllm_metrics_scrape.txt"
     m = VllmMetrics.from_text(path.read_text())
+    # The figures below are the file's own lines (one request: 37 prompt tokens, 8 generated, idle after).
     assert m.model_names == (MODEL,)
-    assert m.kv_cache_usage is not None and m.num_requests_running is not None
-    assert m.prompt_tokens_total is not None and m.generation_tokens_total is not None
-    assert m.time_to_first_token is not None and m.time_to_first_token.count >= 0
+    assert m.kv_cache_usage == 0.0 and m.num_requests_running == 0 and m.num_requests_waiting == 0
+    assert m.prompt_tokens_total == 37 and m.generation_tokens_total == 8
+    assert m.request_success_total == 1 and m.num_preemptions_total == 0
+    assert m.time_to_first_token.count == 1 and m.time_to_first_token.sum == pytest.approx(0.19159889221191406)
+    assert m.time_to_first_token.quantile(0.5) == pytest.approx(0.175)  # the one request lies in (0.1, 0.25]
+    itl = m.inter_token_latency
+    assert itl.count == 7 and itl.mean == pytest.approx(0.4279402239999399 / 7)
