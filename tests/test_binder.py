@@ -8,16 +8,17 @@ torch. Binder's 1-2 GB limit is not enforced here; ``benchmarks/quickstart_memor
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from test_server_support import JupyterProcess
 
 pytestmark = pytest.mark.vllm  # a real engine in every test
@@ -34,9 +35,10 @@ def _commands(path: Path) -> list[str]:
 def test_binder_runs_the_readme_setup_with_the_light_engine():
     assert os.access(BINDER / "postBuild", os.X_OK)
     assert _commands(BINDER / "postBuild") == ["MIXVLLM_PYTHON=python bash scripts/setup.sh --light"]
+    # Binder builds with runtime.txt's Python: the package must accept it (pip reads Requires-Python).
     version = (BINDER / "runtime.txt").read_text().strip().removeprefix("python-")
-    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
-    assert required == f">={version}"
+    required = importlib.metadata.metadata("mixvllm-nb")["Requires-Python"]
+    assert Version(version) in SpecifierSet(required), (version, required)
     make = (ROOT / "Makefile").read_text()
     assert "bash scripts/setup.sh" in make  # the README's two commands use the same script
     readme = (ROOT / "README.md").read_text()
@@ -87,4 +89,3 @@ def test_postbuild_in_a_fresh_venv_runs_the_quickstart_on_llamacpp(tmp_path):
     assert "Paris" in text, text[-3000:]
     leftovers = [p for p in state.glob("*.json")]
     assert leftovers == [], [p.read_text() for p in leftovers]  # the notebook's %vllm_stop left no server
-    assert shlex.split(_commands(BINDER / "postBuild")[0])[-1] == "--light"

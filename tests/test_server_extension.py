@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import tomllib
 from pathlib import Path
 
 import psutil
@@ -362,12 +361,55 @@ def test_the_extension_is_found_by_jupyter_and_defaults_to_4_mib(jp_serverapp):
     assert jp_serverapp.web_app.settings["mixvllm"].config.max_body_bytes == 4 * 2**20
 
 
-def test_pip_install_enables_the_extension():
+def test_pip_install_enables_the_extension(tmp_path):
+    """A non-editable ``pip install`` into a fresh venv turns the extension on in that venv's Jupyter.
+
+    The package's own dependencies are not downloaded again: after the install, a ``.pth`` file lends the
+    fresh venv this environment's site-packages (behind its own, so its mixvllm_nb is the one imported).
+    The sources are copied first so that the build leaves nothing in the working tree.
+    """
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
     root = Path(__file__).resolve().parents[1]
-    shipped = "jupyter-config/jupyter_server_config.d/mixvllm_nb.json"
-    assert json.loads((root / shipped).read_text()) == {"ServerApp": {"jpserver_extensions": {"mixvllm_nb": True}}}
-    data_files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
-    assert data_files["etc/jupyter/jupyter_server_config.d"] == [shipped]
+    source = tmp_path / "src"
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / part, source / part)
+    for part in ("jupyter-config", "mixvllm_nb"):
+        shutil.copytree(root / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    # pip install . = build a wheel, install it; the build uses this environment's setuptools (no download).
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(tmp_path / "dist"),
+                    str(source)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("mixvllm_nb-*.whl"))
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+
+    shipped = venv / "etc" / "jupyter" / "jupyter_server_config.d" / "mixvllm_nb.json"
+    assert json.loads(shipped.read_text()) == {"ServerApp": {"jpserver_extensions": {"mixvllm_nb": True}}}
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "deps-from-the-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "PYTHON", "VIRTUAL_ENV"))}
+    env["JUPYTER_CONFIG_DIR"] = str(tmp_path / "user-config")  # no user config can turn it on instead
+    where = subprocess.run([str(python), "-c", "import mixvllm_nb; print(mixvllm_nb.__file__)"], env=env,
+                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert where.startswith(site), where  # the installed copy, not the repository's
+    listing = subprocess.run([str(python), "-m", "jupyter_server", "extension", "list"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)  # no colours
+    # Under the fresh venv's own config dir: enabled, and the installed copy loads ("OK").
+    section = text.split(f"Config dir: {venv / 'etc' / 'jupyter'}", 1)[1].split("Config dir:", 1)[0]
+    assert re.search(r"mixvllm_nb\s+enabled", section) and re.search(r"mixvllm_nb 0\.1\.0\s+OK", section), text
 
 
 async def _tick() -> None:
