@@ -1,5 +1,6 @@
 """Talk to a server the way a user would: an ``openai`` client, streamed chat and completions,
-and image parts for vision models. openai is imported when first used, never at load time."""
+image parts for vision models, and structured output (a JSON schema, a choice, a regex, a grammar)
+parsed into a value. openai is imported when first used, never at load time."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .structured import OutputFormat, StructuredOutputError, output_format
+
+__all__ = ["OutputFormat", "StructuredOutputError", "output_format"]  # structured output, re-exported
 
 # Parameters the openai client does not know as keywords: they travel in the request body.
 _EXTRA_BODY_PARAMS = {"top_k"}
@@ -26,7 +31,8 @@ def request_params(params: dict[str, Any]) -> dict[str, Any]:
     """Return keyword arguments for the openai client: unset values dropped (the server's
     generation defaults then apply), vLLM-only ones moved into ``extra_body``."""
     kwargs: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(params.get("extra_body") or {})
+    params = {k: v for k, v in params.items() if k != "extra_body"}
     for key, value in params.items():
         if value is None:
             continue
@@ -91,6 +97,7 @@ class StreamStats:
 
     usage: dict[str, int] | None = None
     pieces: int = 0
+    finish_reason: str | None = None  # "stop", or "length" when the answer ran to max_tokens
     first_piece_s: float | None = None
     elapsed_s: float = 0.0
 
@@ -109,10 +116,16 @@ class StreamStats:
 
 @dataclass
 class Reply:
-    """A finished answer: its text, and what it cost (``stats``)."""
+    """A finished answer: its text, what it cost (``stats``), and with structured output its parsed ``value``."""
 
     text: str
     stats: StreamStats
+    value: Any = None
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the answer ended: ``stop``, or ``length`` when it ran to max_tokens."""
+        return self.stats.finish_reason
 
     @property
     def usage(self) -> dict[str, int] | None:
@@ -126,6 +139,8 @@ class Reply:
 def _stream(stream: Any, text_of: Any, stats: StreamStats, started: float) -> Iterator[str]:
     try:
         for chunk in stream:
+            if chunk.choices and chunk.choices[0].finish_reason:
+                stats.finish_reason = chunk.choices[0].finish_reason
             if chunk.choices and (piece := text_of(chunk.choices[0])):
                 if stats.first_piece_s is None:
                     stats.first_piece_s = time.perf_counter() - started
@@ -180,27 +195,43 @@ def chat_turn(client: Any, model: str, conversation: Conversation, text: str, *,
     conversation.messages.append({"role": "assistant", "content": "".join(pieces)})
 
 
-def _collect(base_url: str, api_key: str, stream: Any, payload: Any, on_piece: Any, sampling: dict[str, Any]) -> Reply:
+def _collect(base_url: str, api_key: str, stream: Any, payload: Any, on_piece: Any, sampling: dict[str, Any],
+             fmt: OutputFormat | None, engine: str, endpoint: str) -> Reply:
+    if fmt is not None:
+        sampling["extra_body"] = {**(sampling.get("extra_body") or {}), **fmt.request_fields(engine, endpoint)}
     stats, pieces = StreamStats(), []
     with openai_client(base_url, api_key) as client:
         for piece in stream(client, *payload, stats=stats, **sampling):
             pieces.append(piece)
             if on_piece is not None:
                 on_piece(piece)
-    return Reply("".join(pieces), stats)
+    reply = Reply("".join(pieces), stats)
+    if fmt is not None:
+        reply.value = fmt.value_of(reply.text, stats)
+    return reply
 
 
 def chat_once(base_url: str, api_key: str, model: str, message: str | list[dict[str, Any]], *,
               system: str | None = None, images: list[Any] | None = None, on_piece: Any = None,
-              **sampling: Any) -> Reply:
-    """Send one streamed chat request and return its :class:`Reply` (``server.chat(...)``)."""
+              json_schema: Any = None, choice: list[str] | None = None, regex: str | None = None,
+              grammar: str | Path | None = None, engine: str = "vllm", **sampling: Any) -> Reply:
+    """Send one streamed chat request and return its :class:`Reply` (``server.chat(...)``).
+
+    With ``json_schema``, ``choice``, ``regex`` or ``grammar`` (one of them, see :func:`output_format`) the
+    answer is constrained on the server and ``reply.value`` is the parsed, checked value.
+    """
+    fmt = output_format(json_schema=json_schema, choice=choice, regex=regex, grammar=grammar)
     messages = message if isinstance(message, list) else [user_message(message, images)]
     if system:
         messages = [{"role": "system", "content": system}, *messages]
-    return _collect(base_url, api_key, stream_chat, (model, messages), on_piece, sampling)
+    return _collect(base_url, api_key, stream_chat, (model, messages), on_piece, sampling, fmt, engine, "chat")
 
 
 def generate_once(base_url: str, api_key: str, model: str, prompt: str, *, on_piece: Any = None,
-                  **sampling: Any) -> Reply:
-    """Stream one plain completion of ``prompt`` and return its :class:`Reply` (``server.generate(...)``)."""
-    return _collect(base_url, api_key, stream_completion, (model, prompt), on_piece, sampling)
+                  json_schema: Any = None, choice: list[str] | None = None, regex: str | None = None,
+                  grammar: str | Path | None = None, engine: str = "vllm", **sampling: Any) -> Reply:
+    """Stream one plain completion of ``prompt`` and return its :class:`Reply` (``server.generate(...)``);
+    structured output as for :func:`chat_once`."""
+    fmt = output_format(json_schema=json_schema, choice=choice, regex=regex, grammar=grammar)
+    return _collect(base_url, api_key, stream_completion, (model, prompt), on_piece, sampling, fmt, engine,
+                    "completion")

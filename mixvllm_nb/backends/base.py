@@ -176,24 +176,33 @@ class InferenceServer(ServerProcess):
 
     def chat(self, message: str | list[dict[str, Any]], *, system: str | None = None,
              images: list[Any] | None = None, on_piece: Callable[[str], None] | None = None,
-             **sampling: Any) -> Any:
-        """Send one chat request and return a :class:`~mixvllm_nb.client.Reply` (``.text``, ``.usage``).
+             json_schema: Any = None, choice: list[str] | None = None, regex: str | None = None,
+             grammar: str | Path | None = None, **sampling: Any) -> Any:
+        """Send one chat request and return a :class:`~mixvllm_nb.client.Reply` (``.text``, ``.usage``, ``.value``).
 
         ``message`` is the user's text (with optional ``images``: paths, URLs or bytes) or a whole
         OpenAI ``messages`` list. Sampling not given comes from the server's generation defaults.
-        ``on_piece`` is called with each piece as it streams in.
+        ``on_piece`` is called with each piece as it streams in. Structured output, one at a time:
+        ``json_schema`` (a pydantic model class: ``.value`` is an instance; a dict or a .json file: ``.value``
+        is the parsed JSON), ``choice`` (a list of strings), ``regex``, ``grammar`` (EBNF/GBNF text);
+        an answer cut at ``max_tokens`` is a one-line error, never a half-parsed value.
         """
         from ..client import chat_once
 
         return chat_once(self.base_url, self.api_key, self.served_model_name, message, system=system,
-                         images=images, on_piece=on_piece, **sampling)
+                         images=images, on_piece=on_piece, json_schema=json_schema, choice=choice, regex=regex,
+                         grammar=grammar, engine=self.backend_name, **sampling)
 
-    def generate(self, prompt: str, *, on_piece: Callable[[str], None] | None = None, **sampling: Any) -> Any:
-        """Complete ``prompt`` (no chat template) and return a :class:`~mixvllm_nb.client.Reply`."""
+    def generate(self, prompt: str, *, on_piece: Callable[[str], None] | None = None, json_schema: Any = None,
+                 choice: list[str] | None = None, regex: str | None = None, grammar: str | Path | None = None,
+                 **sampling: Any) -> Any:
+        """Complete ``prompt`` (no chat template) and return a :class:`~mixvllm_nb.client.Reply`; structured
+        output as for :meth:`chat`."""
         from ..client import generate_once
 
         return generate_once(self.base_url, self.api_key, self.served_model_name, prompt, on_piece=on_piece,
-                             **sampling)
+                             json_schema=json_schema, choice=choice, regex=regex, grammar=grammar,
+                             engine=self.backend_name, **sampling)
 
     def status(self) -> dict[str, Any]:
         """Return what every front shows of this server (:func:`mixvllm_nb.process.view.server_view`)."""

@@ -1,7 +1,8 @@
-"""Magics that talk to a server: chat, generate, an OpenAI client, the chat terminal."""
+"""Magics that talk to a server: chat, generate (both with structured output), an OpenAI client, the chat terminal."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -10,7 +11,16 @@ from IPython.core.magic_arguments import argument
 from IPython.display import HTML, display
 
 from ..errors import MixVLLMError
-from .common import find_server, in_notebook, magic_command, parse, print_stream, sampling_arguments, sampling_of
+from .common import (
+    Spec,
+    find_server,
+    in_notebook,
+    magic_command,
+    parse,
+    print_stream,
+    sampling_arguments,
+    sampling_of,
+)
 
 # One conversation per server, kept until --new or until the server is stopped from this kernel.
 _conversations: dict[str, Any] = {}
@@ -19,6 +29,48 @@ _conversations: dict[str, Any] = {}
 def forget_conversation(name: str) -> None:
     """Forget the conversation kept for a server (it was stopped)."""
     _conversations.pop(name, None)
+
+
+def structured_arguments() -> list[Spec]:
+    """The structured-output flags of ``%vllm_chat`` and ``%vllm_generate`` (one at a time)."""
+    return [
+        (("--json-schema",), {"metavar": "FILE_OR_NAME", "default": None,
+                              "help": "answer as JSON fitting a schema: a .json file, or the name of a pydantic "
+                                      "model or dict in the notebook; the parsed value is the magic's result"}),
+        (("--choice",), {"metavar": "A,B,C", "default": None, "help": "answer with exactly one of these"}),
+        (("--regex",), {"default": None, "help": "answer with text matching this regular expression "
+                                                 "(IPython expands {n} in a magic line: write {{n}})"}),
+        (("--grammar",), {"metavar": "FILE", "default": None,
+                          "help": "answer following the EBNF/GBNF grammar in FILE"}),
+    ]
+
+
+def chat_arguments() -> list[Spec]:
+    """The sampling flags, then the structured-output flags."""
+    return [*sampling_arguments(), *structured_arguments()]
+
+
+def output_format_of(args: Any, namespace: dict[str, Any]) -> Any:
+    """Return the :class:`~mixvllm_nb.structured.OutputFormat` a chat magic was given (None for free text).
+
+    ``--json-schema`` names a ``.json`` file or a pydantic model class or dict in the notebook's namespace.
+    """
+    from ..structured import output_format
+
+    schema = args.json_schema
+    if schema is not None and not schema.endswith(".json") and not Path(schema).expanduser().is_file():
+        if schema not in namespace:
+            raise UsageError(f"--json-schema: {schema!r} is neither a .json file nor a name in the notebook "
+                             "(give a file, or the name of a pydantic model class or a dict)")
+        schema = namespace[schema]
+    choice = None if args.choice is None else [c.strip() for c in args.choice.split(",") if c.strip()]
+    grammar = None if args.grammar is None else Path(args.grammar)
+    return output_format(json_schema=schema, choice=choice, regex=args.regex, grammar=grammar)
+
+
+def structured_value(fmt: Any, text: str, stats: Any) -> Any:
+    """Return the parsed answer when a format was asked for (the magic's result), else None."""
+    return None if fmt is None else fmt.value_of(text, stats)
 
 
 def proxy_endpoint(name: str) -> tuple[str, str]:
@@ -52,17 +104,23 @@ class ChatMagics(Magics):
     """``%vllm_chat``, ``%vllm_generate``, ``%vllm_client``, ``%vllm_terminal``."""
 
     @line_cell_magic
-    @magic_command(sampling_arguments)
+    @magic_command(chat_arguments)
     @argument("--server", help="server name (default: the newest)")
     @argument("--system", help="system prompt (kept for the conversation)")
     @argument("--new", action="store_true", help="start a new conversation")
     @argument("--image", action="append", help="image file or URL for vision models (repeatable)")
     @argument("message", nargs="*", help="what to say (or the cell body with %%vllm_chat)")
-    def vllm_chat(self, line: str = "", cell: str | None = None) -> None:
-        """Chat with a server; the answer streams in; the conversation is kept until ``--new``."""
+    def vllm_chat(self, line: str = "", cell: str | None = None) -> Any:
+        """Chat with a server; the answer streams in; the conversation is kept until ``--new``.
+
+        With ``--json-schema``, ``--choice``, ``--regex`` or ``--grammar`` the answer is constrained and its
+        parsed value is the result (``x = %vllm_chat --json-schema Person ...``).
+        """
         from ..client import Conversation, StreamStats, chat_turn, openai_client
+        from ..structured import request_keywords
 
         args = parse(self.vllm_chat, line)
+        fmt = output_format_of(args, self.shell.user_ns)
         text = (cell if cell is not None else " ".join(args.message)).strip()
         server = find_server(args.server)
         if args.new or server.name not in _conversations:
@@ -75,37 +133,48 @@ class ChatMagics(Magics):
                 print(f"new conversation with {server.name}")
                 return
             raise UsageError("nothing to say: %vllm_chat your message, or %%vllm_chat with the message in the cell")
+        extra = request_keywords(fmt, server.backend_name, "chat")
         client = openai_client(server.base_url, server.api_key)
         stats = StreamStats()
         try:
             pieces = chat_turn(client, server.served_model_name, conversation, text, images=args.image,
-                               stats=stats, **sampling_of(args))
-            print_stream(pieces, stats)
+                               stats=stats, **sampling_of(args), **extra)
+            answer = print_stream(pieces, stats)
+        except MixVLLMError:
+            raise
         except ValueError as exc:  # an image that cannot be read
             raise UsageError(str(exc)) from None
         except KeyboardInterrupt:
             print("\n[interrupted: the request was cancelled; the server keeps running]")
+            return None
+        return structured_value(fmt, answer, stats)
 
     @line_cell_magic
-    @magic_command(sampling_arguments)
+    @magic_command(chat_arguments)
     @argument("--server", help="server name (default: the newest)")
     @argument("prompt", nargs="*", help="the text to continue (or the cell body)")
-    def vllm_generate(self, line: str = "", cell: str | None = None) -> None:
-        """Stream a plain completion of a prompt (no chat template)."""
+    def vllm_generate(self, line: str = "", cell: str | None = None) -> Any:
+        """Stream a plain completion of a prompt (no chat template); with a structured-output flag, return
+        the parsed value."""
         from ..client import StreamStats, openai_client, stream_completion
+        from ..structured import request_keywords
 
         args = parse(self.vllm_generate, line)
+        fmt = output_format_of(args, self.shell.user_ns)
         prompt = cell if cell is not None else " ".join(args.prompt)
         if not prompt.strip():
             raise UsageError("nothing to complete: %vllm_generate your prompt")
         server = find_server(args.server)
+        extra = request_keywords(fmt, server.backend_name, "completion")
         client = openai_client(server.base_url, server.api_key)
         stats = StreamStats()
         try:
-            print_stream(stream_completion(client, server.served_model_name, prompt, stats=stats,
-                                           **sampling_of(args)), stats)
+            answer = print_stream(stream_completion(client, server.served_model_name, prompt, stats=stats,
+                                                    **sampling_of(args), **extra), stats)
         except KeyboardInterrupt:
             print("\n[interrupted: the request was cancelled; the server keeps running]")
+            return None
+        return structured_value(fmt, answer, stats)
 
     @line_magic
     @magic_command()

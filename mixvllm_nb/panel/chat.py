@@ -1,8 +1,10 @@
-"""The chat tab: a streamed transcript, system prompt, images, stop, clear and "copy as code"."""
+"""The chat tab: a streamed transcript, system prompt, images, an output format (free text, JSON schema,
+choice, regex) whose parsed value is shown, stop, clear and "copy as code"."""
 
 from __future__ import annotations
 
 import html
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -10,8 +12,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..client import Conversation, chat_turn, openai_client, user_message
+from ..client import Conversation, StreamStats, chat_turn, openai_client, user_message
 from ..errors import MixVLLMError
+from ..structured import OutputFormat, output_format, request_keywords
 from .errors import ErrorBox, guarded, start_thread
 from .sampling import SamplingSection
 from .snippet import openai_code
@@ -19,6 +22,41 @@ from .throttle import Throttle
 
 # At most ~10 transcript updates per second: each is a comm message the browser must render.
 STREAM_UPDATE_INTERVAL = 0.1
+
+# The output formats the chat offers, with what its text box then holds.
+OUTPUT_FORMATS = {
+    "free text": "",
+    "JSON schema": 'A JSON schema, e.g. {"type": "object", "properties": {"name": {"type": "string"}}}',
+    "choice": "The choices, separated by commas: yes, no, maybe",
+    "regex": "A regular expression, e.g. [0-9]{4}-[0-9]{2}-[0-9]{2}",
+}
+
+
+def format_from_widgets(kind: str, text: str) -> OutputFormat | None:
+    """Return the output format the selector and its text box ask for (None for free text); a one-line error
+    for a bad one."""
+    if kind == "free text":
+        return None
+    if not text.strip():
+        raise MixVLLMError(f"output format {kind}: fill in the box below the selector ({OUTPUT_FORMATS[kind]})")
+    if kind == "JSON schema":
+        try:
+            schema = json.loads(text)
+        except ValueError as exc:
+            raise MixVLLMError(f"output format JSON schema: the box does not hold JSON ({exc})") from None
+        return output_format(json_schema=schema)
+    if kind == "choice":
+        return output_format(choice=[c.strip() for c in text.split(",") if c.strip()])
+    return output_format(regex=text.strip())
+
+
+def render_value(value: Any) -> str:
+    """Return the parsed answer as HTML: JSON pretty-printed, anything else as text."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    shown = json.dumps(value, indent=2, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    return ("<div class='mixvllm-value'><b>Value:</b> <pre style='display:inline-block;margin:0;"
+            f"background:#f6f8fa;padding:2px 6px'>{html.escape(shown)}</pre></div>")
 
 
 def _content_html(content: Any) -> str:
@@ -62,6 +100,7 @@ class ChatSection(widgets.VBox):
         self.get_server = get_server
         self.conversation = Conversation()
         self.last_answer = ""
+        self.last_value: Any = None
         self.pieces_received = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,6 +118,12 @@ class ChatSection(widgets.VBox):
         self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Attach image")
         self.code_button = widgets.Button(description="Copy as code")
         self.terminal_button = widgets.Button(description="Chat in a terminal")
+        self.output_format = widgets.Dropdown(options=list(OUTPUT_FORMATS), value="free text",
+                                              description="Output")
+        self.format_spec = widgets.Textarea(rows=2, layout=widgets.Layout(width="95%", display="none"))
+        self.output_format.observe(lambda change: self._show_format_box(change["new"]), names="value")
+        self.result = widgets.HTML()
+        self.result.add_class("mixvllm-result")
         self.status = widgets.HTML()
         self.code = widgets.HTML()
         self.code.add_class("mixvllm-code")
@@ -90,7 +135,8 @@ class ChatSection(widgets.VBox):
         self.terminal_button.on_click(guard(lambda _: self.open_terminal()))
         buttons = widgets.HBox([self.send_button, self.stop_button, self.clear_button, self.upload])
         extras = widgets.HBox([self.code_button, self.terminal_button])
-        super().__init__([self.transcript, self.system, self.message, buttons, self.status, extras, self.code])
+        super().__init__([self.transcript, self.system, self.message, self.output_format, self.format_spec, buttons,
+                          self.result, self.status, extras, self.code])
 
     # -- actions ---------------------------------------------------------------------------------
 
@@ -107,10 +153,14 @@ class ChatSection(widgets.VBox):
             raise MixVLLMError("chat: type a message first")
         if self.streaming:
             raise MixVLLMError("chat: an answer is still streaming; wait, or press Stop generation")
+        fmt = format_from_widgets(self.output_format.value, self.format_spec.value)
+        extra = request_keywords(fmt, server.backend_name, "chat")
         images = [bytes(item["content"]) for item in self.upload.value]
         self.conversation.system = self.system.value.strip() or None
-        params = self.sampling.params()
+        params = {**self.sampling.params(), **extra}
         self.errors.clear()
+        self.result.value = ""
+        self.last_value = None
         self.message.value = ""
         self.upload.value = ()
         self._stop.clear()
@@ -119,20 +169,23 @@ class ChatSection(widgets.VBox):
         self.transcript.value = render_transcript(shown, partial="")
         self.status.value = "<span style='color:#57606a'>waiting for the first token…</span>"
         self.send_button.disabled, self.stop_button.disabled = True, False
-        self._thread = start_thread(self.errors, lambda: self._stream(server, text, images, params), "chat")
+        self._thread = start_thread(self.errors, lambda: self._stream(server, text, images, params, fmt),
+                                    "chat")
         return self._thread
 
-    def _stream(self, server: Any, text: str, images: list[bytes], params: dict[str, Any]) -> None:
+    def _stream(self, server: Any, text: str, images: list[bytes], params: dict[str, Any],
+                fmt: OutputFormat | None = None) -> None:
         # Rendering happens in the throttle's callback: only the updates that are shown cost HTML.
         throttle: Throttle[str | None] = Throttle(
             lambda partial: self._set_transcript(render_transcript(self.conversation.messages, partial=partial)),
             STREAM_UPDATE_INTERVAL)
         so_far, count, note = "", 0, ""
+        stats = StreamStats()
         started = time.monotonic()
         try:
             client = openai_client(server.base_url, server.api_key)
             answer = chat_turn(client, server.served_model_name, self.conversation, text,
-                               images=images or None, **params)
+                               images=images or None, stats=stats, **params)
             try:
                 for piece in answer:
                     so_far, count = so_far + piece, count + 1
@@ -145,6 +198,8 @@ class ChatSection(widgets.VBox):
                         break
             finally:
                 answer.close()  # aborts the request on the server when we stopped early
+            if fmt is not None and not note:
+                self._show_value(fmt, so_far, stats)
         finally:
             # Always end on the whole conversation (partial=None): the final text is never lost to the throttle.
             throttle.flush(None)
@@ -153,6 +208,19 @@ class ChatSection(widgets.VBox):
             self.status.value = (f"<span style='color:#57606a'>{count} pieces in {seconds:.1f} s{note}; "
                                  f"{throttle.calls} screen updates</span>")
             self.send_button.disabled, self.stop_button.disabled = False, True
+
+    def _show_value(self, fmt: OutputFormat, text: str, stats: StreamStats) -> None:
+        # The value, or why there is none (cut at max_tokens, not valid): one line, in the result box.
+        try:
+            self.last_value = fmt.value_of(text, stats)
+        except MixVLLMError as exc:
+            self.result.value = f"<div style='color:#cf222e'>{html.escape(str(exc))}</div>"
+            return
+        self.result.value = render_value(self.last_value)
+
+    def _show_format_box(self, kind: str) -> None:
+        self.format_spec.placeholder = OUTPUT_FORMATS[kind]
+        self.format_spec.layout.display = "none" if kind == "free text" else None
 
     def _set_transcript(self, value: str) -> None:
         self.transcript.value = value
@@ -172,11 +240,12 @@ class ChatSection(widgets.VBox):
             raise MixVLLMError("chat: stop the answer being generated before clearing")
         self.conversation = Conversation()
         self.last_answer = ""
+        self.last_value = None
         self.transcript.value = render_transcript([])
-        self.status.value = self.code.value = ""
+        self.status.value = self.code.value = self.result.value = ""
 
     def show_code(self) -> str:
-        """Show (and return) the ``openai`` call that sends this conversation with these settings."""
+        """Show (and return) the ``openai`` call that sends this conversation with these settings (and format)."""
         server = self._server()
         conversation = Conversation(self.system.value.strip() or None, list(self.conversation.messages))
         draft = self.message.value.strip()
@@ -184,8 +253,10 @@ class ChatSection(widgets.VBox):
             conversation.messages.append(user_message(draft))
         elif not any(m.get("role") == "user" for m in conversation.messages):
             conversation.messages.append(user_message("What is the capital of France?"))
+        fmt = format_from_widgets(self.output_format.value, self.format_spec.value)
+        extra = request_keywords(fmt, server.backend_name, "chat")
         code = openai_code(server.base_url, server.served_model_name, conversation.request_messages(),
-                           self.sampling.params())
+                           {**self.sampling.params(), **extra})
         self.code.value = (f"<pre style='font-size:12px;background:#f6f8fa;padding:6px;user-select:all'>"
                            f"{html.escape(code)}</pre>")
         return code
