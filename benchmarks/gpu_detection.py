@@ -3,7 +3,8 @@
 Each way runs in a fresh Python process that then stays alive while nvidia-smi reports the GPU
 memory that process holds: torch creates a CUDA context, which keeps hundreds of MiB of every GPU
 it touched for the rest of a kernel's life, memory the model server then cannot use. Median of
-``--runs`` fresh processes each. On a machine without an NVIDIA GPU it says so and stops.
+``--runs`` fresh processes each, interleaved. Result: results/gpu_detection.json. On a machine without an
+NVIDIA GPU it says so, writes nothing and exits 0 (``make bench`` runs everywhere).
 
     python benchmarks/gpu_detection.py [--runs 3]
 """
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _results import save
 
 ROOT = Path(__file__).resolve().parents[1]
 WAYS = {
@@ -60,14 +63,25 @@ def main() -> None:
     if not shutil.which("nvidia-smi"):
         print("no nvidia-smi: no NVIDIA GPU here, nothing to measure")
         return
-    results = {}
-    for name, code in WAYS.items():
-        samples = [measure(code) for _ in range(runs)]
-        results[name] = (statistics.median(s[0] for s in samples), samples[0][1], max(s[2] for s in samples))
-        seconds, found, mib = results[name]
-        print(f"{name:36} {seconds * 1000:8.0f} ms  {found} GPU(s)  holds {mib} MiB of GPU memory afterwards")
-    ours, torch_way = results.values()
+    samples: dict[str, dict[str, list[float]]] = {name: {"seconds": [], "gpus_found": [], "gpu_mib_held": []}
+                                                   for name in WAYS}
+    for _ in range(runs):
+        for name, code in WAYS.items():
+            for key, value in zip(("seconds", "gpus_found", "gpu_mib_held"), measure(code), strict=True):
+                samples[name][key].append(value)
+    medians = {}
+    for name, found in samples.items():
+        medians[name] = (statistics.median(found["seconds"]), max(found["gpus_found"]), max(found["gpu_mib_held"]))
+        seconds, gpus, mib = medians[name]
+        print(f"{name:36} {seconds * 1000:8.0f} ms  {gpus} GPU(s)  holds {mib} MiB of GPU memory afterwards")
+    ours, torch_way = medians.values()
     print(f"ours / torch: {ours[0] / torch_way[0]:.2f}x the time, {ours[2]} MiB vs {torch_way[2]} MiB held")
+    path = save("gpu_detection",
+                what=f"finding the GPUs in a fresh process: ours (nvidia-smi) vs torch.cuda, median of {runs}",
+                result=f"{ours[0] * 1000:.0f} ms and {ours[2]} MiB of GPU memory held, vs {torch_way[0] * 1000:.0f} ms "
+                       f"and {torch_way[2]} MiB (a CUDA context)",
+                samples=samples, parameters={"runs": runs})
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

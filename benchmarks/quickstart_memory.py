@@ -8,13 +8,16 @@ Memory is sampled every 0.2 s as the sum over those processes of the resident se
 bound: shared pages count once per process) and of the proportional set (PSS, shared pages split
 between their users: what a container's limit sees, give or take the page cache).
 
-    .venv/bin/python benchmarks/quickstart_memory.py [--engines llamacpp,vllm]
+Each run measures every engine once, in turn (``--runs`` such rounds). Result: results/quickstart_memory.json.
+
+    .venv/bin/python benchmarks/quickstart_memory.py [--engines llamacpp,vllm] [--runs 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import nbformat
 import psutil
+from _results import save
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,18 +108,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", default="llamacpp,vllm", help="comma-separated; the first is measured "
                         "against the others")
+    parser.add_argument("--runs", type=int, default=1, help="rounds (each runs the notebook once per engine)")
     args = parser.parse_args()
-    results = {}
-    for engine in args.engines.split(","):
-        sampler, seconds = run_quickstart(engine)
-        results[engine] = sampler
-        print(f"{engine:>9}: peak RSS {sampler.peak_rss / 1e9:.2f} GB, peak PSS {sampler.peak_pss / 1e9:.2f} GB "
-              f"over {sampler.peak_processes} processes; notebook ran in {seconds:.0f} s")
-    first, *others = list(results)
-    verdict = "under" if results[first].peak_pss < TARGET_BYTES else "OVER"
-    print(f"{first}: {verdict} the {TARGET_BYTES / 1e9:.1f} GB target (PSS)")
+    engines = args.engines.split(",")
+    samples: dict[str, dict[str, list[float]]] = {
+        engine: {"peak_pss_gb": [], "peak_rss_gb": [], "processes": [], "notebook_s": []} for engine in engines}
+    for _ in range(args.runs):
+        for engine in engines:
+            sampler, seconds = run_quickstart(engine)
+            for key, value in (("peak_pss_gb", sampler.peak_pss / 1e9), ("peak_rss_gb", sampler.peak_rss / 1e9),
+                               ("processes", sampler.peak_processes), ("notebook_s", seconds)):
+                samples[engine][key].append(value)
+            print(f"{engine:>9}: peak RSS {sampler.peak_rss / 1e9:.2f} GB, peak PSS {sampler.peak_pss / 1e9:.2f} GB "
+                  f"over {sampler.peak_processes} processes; notebook ran in {seconds:.0f} s")
+    pss = {engine: statistics.median(samples[engine]["peak_pss_gb"]) for engine in engines}
+    rss = {engine: statistics.median(samples[engine]["peak_rss_gb"]) for engine in engines}
+    first, *others = engines
+    met = pss[first] * 1e9 < TARGET_BYTES
+    print(f"{first}: {'under' if met else 'OVER'} the {TARGET_BYTES / 1e9:.1f} GB target (PSS)")
+    result = f"{first} {pss[first]:.2f} GB PSS ({rss[first]:.2f} GB RSS)"
     for other in others:
-        print(f"{first} / {other}: {results[first].peak_pss / results[other].peak_pss:.2f}x the memory (PSS)")
+        print(f"{first} / {other}: {pss[first] / pss[other]:.2f}x the memory (PSS)")
+        result += f", {other} {pss[other]:.2f} GB PSS: {pss[first] / pss[other]:.2f}x"
+    result += f" (target < {TARGET_BYTES / 1e9:.1f} GB for Binder)"
+    runs = f", median of {args.runs} runs" if args.runs > 1 else ", one run"
+    path = save("quickstart_memory",
+                what="peak memory of the quickstart notebook run top to bottom (kernel, model server, watchdog, "
+                     f"Jupyter server), {' vs '.join(engines)}{runs}",
+                result=result, samples=samples, parameters=vars(args), extra={"target_met": met})
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

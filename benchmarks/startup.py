@@ -1,9 +1,11 @@
 """Time to ready: ``VLLMServer.start()`` against the bare vLLM command with the same flags.
 
-Runs interleaved (bare, ours, bare, ours, ...) so that machine noise hits both alike, and prints
-the median of each and our overhead. Target: at most 1 s over the bare command.
+Runs interleaved, in pairs whose order alternates (bare then ours, ours then bare, ...) so that machine
+noise and a warming page cache hit both alike; at least 7 pairs. Prints the median and spread (min-max)
+of each, and our overhead as the median of the pairs' differences. Target: at most 1 s over the bare
+command. Result: results/startup.json.
 
-    .venv/bin/python benchmarks/startup.py [--runs 3]
+    .venv/bin/python benchmarks/startup.py [--runs 7]
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import tempfile
 import time
 
 os.environ.setdefault("MIXVLLM_STATE_DIR", tempfile.mkdtemp(prefix="mixvllm-bench-"))
+
+from _results import save  # noqa: E402
 
 from mixvllm_nb import VLLMServer  # noqa: E402
 from mixvllm_nb.process.http import http_get  # noqa: E402
@@ -57,20 +61,39 @@ def time_ours(template: VLLMServer) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=7, help="interleaved pairs (at least 7)")
     args = parser.parse_args()
+    if args.runs < 7:
+        parser.error("--runs: at least 7 pairs, for a median with its spread")
     template = VLLMServer()
     template.prepare()  # convert the default model once, outside the timings
     template.config.server.port = None
     template.config.server.api_key = None
-    bare, ours = [], []
+    bare: list[float] = []
+    ours: list[float] = []
     for run in range(args.runs):
-        bare.append(time_bare(template))
-        ours.append(time_ours(template))
+        order = [("bare", time_bare), ("ours", time_ours)]
+        for label, timed in order if run % 2 == 0 else order[::-1]:
+            (bare if label == "bare" else ours).append(timed(template))
         print(f"run {run + 1}: bare {bare[-1]:.2f} s, mixvllm_nb {ours[-1]:.2f} s", flush=True)
-    b, o = statistics.median(bare), statistics.median(ours)
-    print(f"median time to ready: bare vLLM {b:.2f} s, VLLMServer.start() {o:.2f} s")
-    print(f"overhead: {o - b:+.2f} s ({o / b:.3f}x); target <= +1.00 s")
+    differences = [o - b for b, o in zip(bare, ours, strict=True)]
+    b, o, d = statistics.median(bare), statistics.median(ours), statistics.median(differences)
+    print(f"time to ready, median (min-max) of {args.runs}: bare vLLM {b:.2f} s ({min(bare):.2f}-{max(bare):.2f}), "
+          f"VLLMServer.start() {o:.2f} s ({min(ours):.2f}-{max(ours):.2f})")
+    print(f"overhead, median of the pairs: {d:+.2f} s ({min(differences):+.2f} to {max(differences):+.2f}); "
+          "target <= +1.00 s")
+    path = save(
+        "startup",
+        what=f"time to ready, `VLLMServer.start()` vs the bare vLLM command with the same flags, {args.runs} "
+             "interleaved pairs (order alternating)",
+        result=f"{o:.2f} s ({min(ours):.2f}-{max(ours):.2f}) vs {b:.2f} s ({min(bare):.2f}-{max(bare):.2f}): "
+               f"{d:+.2f} s per pair (median; {min(differences):+.2f} to {max(differences):+.2f}), target <= +1 s",
+        samples={"bare vLLM": {"time_to_ready_s": bare}, "VLLMServer.start()": {"time_to_ready_s": ours},
+                 "overhead per pair": {"seconds": differences}},
+        parameters=vars(args),
+        extra={"target_met": d <= 1.0},
+    )
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":
