@@ -31,10 +31,16 @@ def state_badge(state: str) -> str:
 
 
 def progress_html(name: str, phase: str, detail: str = "", elapsed: float | None = None) -> str:
-    """Return an HTML progress line for a starting server: bar, phase name and detail."""
-    fraction = logs.phase_progress(phase)
+    """Return an HTML progress line for a starting server: bar, phase name and detail.
+
+    An ended server (``phase`` is a state such as ``stopped``, ``exited`` or ``crashed``) gets no
+    bar: a full one would read as "ready" next to the word "stopped".
+    """
     seconds = f" · {elapsed:.0f} s" if elapsed is not None else ""
     detail_html = f"<div style='color:#57606a'>{html.escape(detail)}</div>" if detail else ""
+    if phase not in logs.PHASE_NAMES:
+        return f"<div><b>{html.escape(name)}</b>: {state_badge(phase)}{seconds}{detail_html}</div>"
+    fraction = logs.phase_progress(phase)
     return (
         f"<div><b>{html.escape(name)}</b>: {html.escape(phase)}{seconds}"
         f"<div style='background:#eaeef2;width:320px;height:8px;border-radius:4px'>"
@@ -44,11 +50,13 @@ def progress_html(name: str, phase: str, detail: str = "", elapsed: float | None
 
 
 def progress_text(name: str, phase: str, detail: str = "", elapsed: float | None = None) -> str:
-    """Return the same progress as one line of text."""
-    fraction = logs.phase_progress(phase)
-    bar = "#" * int(fraction * 20)
+    """Return the same progress as one line of text (no bar for an ended server)."""
     seconds = f" {elapsed:.0f}s" if elapsed is not None else ""
-    return f"{name}: [{bar:<20}] {phase}{seconds}{' - ' + detail if detail else ''}"
+    tail = f"{phase}{seconds}{' - ' + detail if detail else ''}"
+    if phase not in logs.PHASE_NAMES:
+        return f"{name}: {tail}"
+    bar = "#" * int(logs.phase_progress(phase) * 20)
+    return f"{name}: [{bar:<20}] {tail}"
 
 
 class Table:

@@ -10,17 +10,32 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# Start-up phases in the order vLLM goes through them, each with the log line that announces it
-# (and llama.cpp's, for the light engine).
+# Start-up phases, each with the log lines that announce it (vLLM's and llama.cpp's). Engines go
+# through them in this order but may skip some: eager mode compiles nothing and captures no CUDA
+# graphs; llama.cpp imports no vLLM and compiles nothing. On a CPU, vLLM compiles *before* it sizes
+# the KV cache ("Warming up model for the compilation", then "Explicitly set ... for KV cache"); on a
+# GPU it compiles during its profile run, sizes the KV cache, then captures CUDA graphs. The patterns
+# quote vLLM's own log calls (0.32: v1/engine/core.py, v1/worker/*, compilation/*): a loose word
+# such as "warm" or "torch.compile" also matches the early warning "Enforce eager set, disabling
+# torch.compile, CUDAGraphs, and JIT kernel warmup", which is how start-up once showed
+# "compiling" from 11 s until ready.
 PHASES: list[tuple[str, re.Pattern[str]]] = [
-    ("importing", re.compile(r"non-default args|vLLM API server version|version \d+\.\d+")),
+    ("importing", re.compile(r"non-default args|vLLM API server version|version \d+\.\d+\.\d+")),
     ("resolving model", re.compile(r"Resolved architecture|Using max model len")),
-    ("starting engine", re.compile(r"Initializing a V1 LLM engine|EngineCore")),
-    ("loading weights", re.compile(r"Starting to load model|Loading safetensors|Loading weights|load_tensors:")),
-    ("allocating KV cache",
-     re.compile(r"KV cache size:|Explicitly set .* for KV cache|llama_kv_cache(?:_unified)?: size")),
-    ("compiling / warming up", re.compile(r"init engine \(profile|Capturing|torch\.compile|warm")),
-    ("starting API", re.compile(r"Starting vLLM (API )?server|Available routes")),
+    ("starting engine", re.compile(r"Initializing an? (?:V1 )?LLM engine|\(EngineCore\w* pid=")),
+    ("loading weights", re.compile(
+        r"Starting to load model|Loading safetensors|Loading weights took|Loading model weights took|"
+        r"Model loading took|llama_model_loader: loaded|load_tensors:")),
+    ("compiling", re.compile(
+        r"Warming up model for the compilation|Starting torch\.compile|Dynamo bytecode transform time|"
+        r"Compiling a graph for|Directly load (?:the compiled graph|AOT compilation)|torch\.compile took")),
+    ("allocating KV cache", re.compile(
+        r"KV cache size:|Explicitly set .* for KV cache|Available KV cache memory|# (?:GPU|CUDA) blocks:|"
+        r"llama_kv_cache(?:_unified)?: size")),
+    ("capturing CUDA graphs", re.compile(r"Capturing CUDA graphs|Graph capturing finished")),
+    ("starting API", re.compile(
+        r"init engine \(profile, create kv cache|Starting vLLM (?:API )?server|Available routes|"
+        r"Started server process")),
     ("ready", re.compile(r"Application startup complete")),
 ]
 PHASE_NAMES = ["launching"] + [name for name, _ in PHASES]
@@ -78,7 +93,11 @@ def read_text(path: str | Path | None) -> str:
 
 
 def phase(text: str) -> str:
-    """Return the furthest start-up phase the log shows (``launching`` when it shows none)."""
+    """Return the furthest start-up phase the log shows (``launching`` when it shows none).
+
+    The furthest, not the latest line's: on a GPU vLLM compiles again for fixed batch sizes after
+    sizing the KV cache, and the progress shown must never go back.
+    """
     reached = "launching"
     for name, pattern in PHASES:
         if pattern.search(text):
@@ -87,7 +106,7 @@ def phase(text: str) -> str:
 
 
 def phase_progress(name: str) -> float:
-    """Return how far along start-up ``name`` is, from 0 to 1."""
+    """Return how far along start-up phase ``name`` is, from 0 to 1 (0 for an ended state such as ``stopped``)."""
     return PHASE_NAMES.index(name) / (len(PHASE_NAMES) - 1) if name in PHASE_NAMES else 0.0
 
 
