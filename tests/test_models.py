@@ -20,6 +20,9 @@ def test_offline_without_hf_cache_resolves_to_the_converted_gguf(monkeypatch, tm
     assert resolved.source == "gguf"
     assert resolved.served_model_name == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert models.is_complete(models.converted_model_dir())
+    # The model card's sampling, whether this machine's folder was converted before or after it was added.
+    generation = json.loads((models.converted_model_dir() / "generation_config.json").read_text())
+    assert (generation["temperature"], generation["top_p"], generation["do_sample"]) == (0.2, 0.9, True)
 
 
 def test_a_model_in_the_hf_cache_is_preferred(monkeypatch, tmp_path):
@@ -90,3 +93,62 @@ def test_the_light_engines_float16_gguf_is_whole_and_racing_writers_agree(tmp_pa
     assert kinds == {GGMLQuantizationType.F16, GGMLQuantizationType.F32}  # no quantized matrix left
     template = "tokenizer.chat_template"
     assert converted.fields[template].contents() == shipped.fields[template].contents()
+
+
+def _folder_converted_before_generation_config(cache):
+    """A cache folder as conversions before this change left it: the marker sizes a token-ids-only file."""
+    target = cache / "models" / "SmolLM2-135M-Instruct"
+    target.mkdir(parents=True)
+    files = {"config.json": "{}", "model.safetensors": "weights stand-in", "tokenizer.json": "{}",
+             "generation_config.json": json.dumps({"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
+                                                   "pad_token_id": 2, "transformers_version": "5.19.0"})}
+    for name, text in files.items():
+        (target / name).write_text(text)
+    sizes = {name: (target / name).stat().st_size for name in files}
+    (target / ".mixvllm-complete.json").write_text(json.dumps({"files": sizes}))
+    assert models.is_complete(target)
+    return target
+
+
+def test_an_already_converted_folder_gets_the_model_cards_sampling_without_converting_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIXVLLM_CACHE_DIR", str(tmp_path / "cache"))
+    target = _folder_converted_before_generation_config(tmp_path / "cache")
+
+    def no_conversion(*_args):
+        raise AssertionError("the folder was converted again")
+
+    monkeypatch.setattr(models, "_convert_gguf", no_conversion)  # converting takes ~20 s: it must not happen
+    assert models.prepare_default_model() == target
+    generation = json.loads((target / "generation_config.json").read_text())
+    assert generation["temperature"] == 0.2 and generation["top_p"] == 0.9 and generation["do_sample"] is True
+    assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)  # what the file held is kept
+    assert (target / "model.safetensors").read_text() == "weights stand-in"
+    assert models.is_complete(target)  # a rewritten file does not make the folder look half-written
+    before = (target / "generation_config.json").stat().st_mtime_ns
+    assert models.add_generation_config(target) is False  # once is enough
+    assert (target / "generation_config.json").stat().st_mtime_ns == before
+
+
+def test_resolving_the_default_model_adds_the_file_too(monkeypatch, tmp_path):
+    """The kernel resolves an existing folder without calling the converter: the file comes with resolution."""
+    monkeypatch.setenv("MIXVLLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    target = _folder_converted_before_generation_config(tmp_path / "cache")
+    assert models.resolve_default_model(prepare=False).model == str(target)
+    assert json.loads((target / "generation_config.json").read_text())["temperature"] == 0.2
+
+
+@pytest.mark.vllm  # imports vLLM (about 20 s), starts no server
+def test_vllm_takes_the_converted_folders_sampling_as_its_defaults(tmp_path):
+    """vLLM 0.32's --generation-config auto (its default) reads the folder's generation_config.json."""
+    real = models.prepare_default_model()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        (folder / name).write_bytes((real / name).read_bytes())
+    code = ("import json, sys; from vllm.config import ModelConfig; "
+            "print(json.dumps(ModelConfig(model=sys.argv[1], dtype='float32').get_diff_sampling_param()))")
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"temperature": 0.2, "top_p": 0.9}
