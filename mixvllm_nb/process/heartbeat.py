@@ -7,6 +7,7 @@ runs past ``startup_timeout``, and health checks failing for ``heartbeat_timeout
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -38,7 +39,7 @@ def _loop(server: ServerProcess) -> None:
             code = server.process.poll() if server.process is not None else None
             if code is not None or not server.main_alive():
                 server.exit_code = code
-                server.error = logs.failure_cause(logs.tail(server.log_path, 200))
+                server.error = end_cause(code, server.log_path)
                 server.set_state(State.EXITED if code == 0 else State.CRASHED)
                 reap_leftovers(server)
                 return
@@ -61,6 +62,29 @@ def _loop(server: ServerProcess) -> None:
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since >= config.heartbeat_timeout:
                     server.set_state(State.UNHEALTHY)
+
+
+def end_cause(code: int | None, log_path: str) -> str:
+    """Return in one line how the server's process ended: its exit status, and the log's error or last line.
+
+    A process killed from outside (SIGKILL, the OOM killer) logs no error: its last log line is then
+    what tells a user where it was (``%vllm_logs`` shows more).
+    """
+    if code is None:
+        how = "its process is gone"
+    elif code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    text = logs.tail(log_path, 200)
+    cause = logs.failure_cause(text)
+    if cause:
+        return f"{how}: {cause}"
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+    return f"{how}; its log ends with: {last[:300]}" if last else f"{how}; its log is empty"
 
 
 def reap_leftovers(server: ServerProcess) -> None:

@@ -15,9 +15,10 @@ import sys
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .tree import MARKER_ENV, start_stamp
+from .tree import MARKER_ENV, process_matches, start_stamp
 
 if TYPE_CHECKING:
+    from .registry import ServerRecord
     from .server import ServerProcess
 
 log = logging.getLogger("mixvllm_nb")
@@ -34,6 +35,23 @@ def owner_info(kind: str) -> dict[str, Any]:
     if connection_file:
         info["kernel_connection_file"] = connection_file
     return info
+
+
+def orphaned(record: ServerRecord) -> bool:
+    """Return True for a server whose owner has died: its watchdog is stopping it, so it must not be reused.
+
+    Between an owner's SIGKILL and its watchdog's stop (about a second) the server still answers; a new
+    kernel that reused it then would be left with a server about to vanish. Detached and attached
+    servers have no owner to outlive; a record that names no owner is taken as owned by someone alive.
+    """
+    if record.attached or record.detached:
+        return False
+    owner = record.owner or {}
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    stamp = owner.get("create_time")
+    return process_matches(pid, stamp if isinstance(stamp, int | float) else None) is None
 
 
 def start_watchdog(pid: int, stamp: float | None, name: str, marker: str) -> subprocess.Popen:
