@@ -22,23 +22,25 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .client import Conversation, chat_turn
+from .config.options import SAMPLING_OPTIONS, Bounds, bounds
 
 PROMPT = "you> "
 # The variable a chat terminal sets to the path of its credentials file (see read_token_file).
 TOKEN_FILE_VAR = "MIXVLLM_CHAT_TOKEN_FILE"
-HELP = """commands:
-  /system TEXT        set the system prompt (/system alone clears it)
-  /reset              forget the conversation (the system prompt stays)
-  /temperature 0.3    sampling temperature 0-2 (/temperature alone: the server's default)
-  /max_tokens 200     longest answer in tokens (/max_tokens alone: the server's default)
-  /help               this help
-  /exit               quit (or exit, quit, Ctrl+D); Ctrl+C stops an answer"""
 
-# Settable with /NAME VALUE: (type, lowest, highest, what is allowed in words).
-SETTINGS: dict[str, tuple[type, float, float, str]] = {
-    "temperature": (float, 0.0, 2.0, "a number from 0 to 2"),
-    "max_tokens": (int, 1, 1_000_000, "a whole number of tokens, at least 1"),
-}
+
+# Settable with /NAME VALUE and --name VALUE: the generation defaults' fields, with their declared ranges.
+SETTINGS: dict[str, Bounds] = {option.path.split(".")[-1]: bounds(option.path.split(".")[-1])
+                               for option in SAMPLING_OPTIONS}
+HELP = "\n".join([
+    "commands:",
+    "  /system TEXT            set the system prompt (/system alone clears it)",
+    "  /reset                  forget the conversation (the system prompt stays)",
+    *(f"  /{name} VALUE".ljust(26) + f"{span.describe()} (/{name} alone: the server's default)"
+      for name, span in SETTINGS.items()),
+    "  /help                   this help",
+    "  /exit                   quit (or exit, quit, Ctrl+D); Ctrl+C stops an answer",
+])
 
 
 @dataclass
@@ -94,17 +96,17 @@ class ChatSession:
 
     def set_param(self, name: str, arg: str) -> None:
         """Set a sampling setting (see SETTINGS), or clear it with no value; refuse values out of range."""
-        kind, low, high, allowed = SETTINGS[name]
+        span = SETTINGS[name]
         if not arg:
             self.params.pop(name, None)
             self.say(f"[{name}: the server's default]")
             return
         try:
-            value = kind(arg)
+            value = span.kind(arg)
         except ValueError:
             value = None
-        if value is None or not low <= value <= high:
-            self.say(f"[{name} {arg!r} is not allowed: give {allowed}]")
+        if value is None or not span.contains(value):
+            self.say(f"[{name} {arg!r} is not allowed: give {span.describe()}]")
             return
         self.params[name] = value
         self.say(f"[{name}: {value}]")
@@ -202,8 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server", help="registered server name (default: $MIXVLLM_SERVER, or the newest)")
     parser.add_argument("--model", help="model name (default: the server's first)")
     parser.add_argument("--system", help="system prompt")
-    parser.add_argument("--temperature", type=float, help="sampling temperature 0-2 (default: the server's)")
-    parser.add_argument("--max-tokens", type=int, help="longest answer in tokens (default: the server's)")
+    for option in SAMPLING_OPTIONS:  # the same flags as the magics' and mixvllm-serve's sampling
+        kwargs = {**option.argparse_kwargs(), "help": f"{option.help} (default: the server's)"}
+        parser.add_argument(*option.flags, **kwargs)
     return parser.parse_args(argv)
 
 

@@ -61,7 +61,7 @@ def test_system_temperature_history_and_reset_reach_the_server(upstream):
     assert chats[4]["messages"][0]["role"] == "user"  # /system alone cleared it
     assert all(c["stream"] and c["model"] == STANDIN_MODEL for c in chats)
     assert "not allowed" in result.stdout and "unknown command /nonsense" in result.stdout
-    assert "/temperature 0.3" in result.stdout  # the help
+    assert "/temperature VALUE" in result.stdout and "/top_p VALUE" in result.stdout  # the help, from the config
     assert result.stdout.count("tok0 tok1 tok2") == 5
 
 
@@ -91,7 +91,7 @@ def test_max_tokens_and_bare_exit_quit_the_chat(upstream):
     chats = [hit.json() for hit in upstream.hits if hit.path == "/v1/chat/completions"]
     assert [c["messages"][-1]["content"] for c in chats] == ["first", "second"]  # "quit" ended it
     assert [c.get("max_tokens") for c in chats] == [7, None]  # the flag's 3, then 7, then the server's
-    assert "[max_tokens 'zero' is not allowed: give a whole number of tokens, at least 1]" in result.stdout
+    assert "[max_tokens 'zero' is not allowed: give a whole number at least 1, at most 1,000,000]" in result.stdout
 
 
 

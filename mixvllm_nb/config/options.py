@@ -124,13 +124,15 @@ class Bounds:
         return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
 
     def describe(self) -> str:
-        """Return the range in words, e.g. ``a number from 0 to 2``."""
+        """Return the range in words, e.g. ``a number at least 0, at most 2``."""
         noun = "a whole number" if self.kind is int else "a number"
-        low = f"above {self.low:g}" if self.low_open else f"from {self.low:g}" if self.low is not None else ""
-        high = (f"below {self.high:g}" if self.high_open else f"to {self.high:g}") if self.high is not None else ""
-        if low and high:
-            return f"{noun} {low} {high}" if not self.low_open else f"{noun} {low}, at most {self.high:g}"
-        return f"{noun} {low or ('up ' + high if high else '')}".strip()
+        shown = (lambda v: f"{int(v):,}") if self.kind is int else (lambda v: f"{v:g}")
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'above' if self.low_open else 'at least'} {shown(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'below' if self.high_open else 'at most'} {shown(self.high)}")
+        return f"{noun} {', '.join(parts)}".strip()
 
 
 def bounds(name: str, model: type[BaseModel] = GenerationDefaults) -> Bounds:
