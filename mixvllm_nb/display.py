@@ -59,6 +59,20 @@ def progress_text(name: str, phase: str, detail: str = "", elapsed: float | None
     return f"{name}: [{bar:<20}] {tail}"
 
 
+def answer_summary(tokens: int | None, pieces: int, seconds: float, note: str = "") -> str:
+    """Return what an answer took, in a user's words: ``27 tokens in 2.0 s, 13.5 tokens a second``.
+
+    ``tokens`` is what the server counted (None when it sent no count: an answer stopped early);
+    then the streamed pieces stand in for it, about one token each.
+    """
+    count = tokens if tokens is not None else pieces
+    if not count:
+        return f"no answer after {seconds:.1f} s{note}"
+    shown = f"{count}" if tokens is not None else f"about {count}"
+    rate = f", {count / seconds:.1f} tokens a second" if seconds > 0 else ""
+    return f"{shown} tokens in {seconds:.1f} s{rate}{note}"
+
+
 class Table:
     """A table that renders as HTML in Jupyter and as aligned text in a terminal."""
 

@@ -13,6 +13,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..client import Conversation, StreamStats, chat_turn, openai_client, user_message
+from ..display import answer_summary
 from ..errors import MixVLLMError
 from ..structured import OutputFormat, output_format, request_keywords
 from .errors import ErrorBox, guarded, start_thread
@@ -115,7 +116,9 @@ class ChatSection(widgets.VBox):
         self.send_button = widgets.Button(description="Send", button_style="primary")
         self.stop_button = widgets.Button(description="Stop generation", disabled=True)
         self.clear_button = widgets.Button(description="Clear")
-        self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Attach image")
+        # Shown only for a model whose config declares a vision part (see follow()): a text model refuses images.
+        self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Attach image",
+                                         layout=widgets.Layout(display="none"))
         self.code_button = widgets.Button(description="Copy as code")
         self.terminal_button = widgets.Button(description="Chat in a terminal")
         self.output_format = widgets.Dropdown(options=list(OUTPUT_FORMATS), value="free text",
@@ -205,8 +208,8 @@ class ChatSection(widgets.VBox):
             throttle.flush(None)
             self.last_answer = so_far
             seconds = time.monotonic() - started
-            self.status.value = (f"<span style='color:#57606a'>{count} pieces in {seconds:.1f} s{note}; "
-                                 f"{throttle.calls} screen updates</span>")
+            tokens = stats.usage.get("completion_tokens") if stats.usage else None
+            self.status.value = f"<span style='color:#57606a'>{answer_summary(tokens, count, seconds, note)}</span>"
             self.send_button.disabled, self.stop_button.disabled = False, True
 
     def _show_value(self, fmt: OutputFormat, text: str, stats: StreamStats) -> None:
@@ -292,3 +295,22 @@ class ChatSection(widgets.VBox):
         if state != "ready":
             raise MixVLLMError(f"chat: server {server.name} is {state}, not ready")
         return server
+
+    def follow(self, server: Any) -> None:
+        """Adapt to the selected server: the image button shows only when its model takes images."""
+        vision = server is not None and accepts_images(server.model)
+        self.upload.layout.display = None if vision else "none"
+        if not vision:
+            self.upload.value = ()  # nothing attached for one model travels to the next
+
+
+def accepts_images(model: str) -> bool:
+    """Return True when the model's config.json (a folder, or a hub id in the local cache) declares a vision part."""
+    from ..plan.source import load_model_source
+
+    try:
+        config = load_model_source(model).config
+    except MixVLLMError:  # a GGUF file, a remote server's name, a hub id not cached here: nothing says it sees
+        return False
+    # Vision-language configs nest their image encoder's settings under one of these (LLaVA, Qwen-VL, Phi-3-vision).
+    return any(config.get(key) for key in ("vision_config", "vision_tower", "mm_vision_tower", "img_processor"))

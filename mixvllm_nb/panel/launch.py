@@ -15,9 +15,12 @@ from ..errors import MixVLLMError
 from ..process import logs
 from .errors import ErrorBox, guarded, in_notebook_kernel, start_thread
 from .fields import STYLE, WIDE, field_widget
-from .monitor import reported_summary
+from .monitor import TERMINAL_STATES, reported_summary
 
 GREY = "color:#57606a"
+# Settings that only mean something on one kind of machine: a CPU machine is not shown the GPU ones.
+GPU_ONLY = ("gpu_memory_utilization", "tensor_parallel_size")
+CPU_ONLY = ("cpu_kv_cache_gib",)
 
 # Widget name -> dotted config path; the widgets show a config, and only what differs is overridden.
 FIELDS = {
@@ -90,10 +93,6 @@ class LaunchSection(widgets.VBox):
                               default_label="default (float32 on CPU)" if on_cpu else "default (auto)")
             for key, dotted in FIELDS.items()
         }
-        self.inputs["gpu_memory_utilization"].disabled = on_cpu
-        self.inputs["max_model_len"].tooltip = "0 = the model's own context length"
-        if on_cpu:
-            self.inputs["gpu_memory_utilization"].tooltip = "no GPU here: the CPU build ignores it"
         for widget in self.inputs.values():
             widget.observe(guard(lambda _change: self.update_estimate()), names="value")
         self.yaml_path = widgets.Text(description="YAML config", placeholder="path/to/server.yaml",
@@ -111,7 +110,9 @@ class LaunchSection(widgets.VBox):
         self.outcome.add_class("mixvllm-outcome")
         self.estimate = widgets.HTML()
         self.reported = widgets.HTML()
-        shown = [w for key, w in self.inputs.items() if on_cpu or key != "cpu_kv_cache_gib"]
+        # Hidden inputs keep their defaults, so they override nothing (a YAML file's values still apply).
+        hidden = GPU_ONLY if on_cpu else CPU_ONLY
+        shown = [w for key, w in self.inputs.items() if key not in hidden]
         super().__init__([
             widgets.HBox([self.yaml_path, self.load_button]),
             *shown,
@@ -263,9 +264,10 @@ class LaunchSection(widgets.VBox):
         if self.busy and server is not self._target:
             return  # a launch is under way: the previously selected server's ticks must not show
         name = html.escape(server.name)
+        self.progress.layout.visibility = "hidden" if state in TERMINAL_STATES else "visible"
         if state == "starting":
             phase = logs.phase(logs.read_text(server.log_path)) if server.log_path else "launching"
-            self.progress.value = logs.phase_progress(phase)
+            self.progress.value, self.progress.bar_style = logs.phase_progress(phase), ""
             self.phase.value = f"<span style='{GREY}'>{name}: {html.escape(phase)}</span>"
         elif state == "ready":
             self.progress.value, self.progress.bar_style = 1.0, "success"
@@ -273,8 +275,17 @@ class LaunchSection(widgets.VBox):
             if self._reported_for is not server:  # read the log once per server, not every tick
                 self._reported_for = server
                 self.reported.value = reported_summary(server)
+        elif state in TERMINAL_STATES:
+            # A start-up bar means nothing once the server is gone: a full one next to "stopped" reads as ready.
+            self.progress.value = 0.0
+            if state == "crashed":
+                self.progress.bar_style = "danger"
+            colour = "color:#cf222e" if state == "crashed" else GREY
+            self.phase.value = f"<span style='{colour}'>{name}: {html.escape(state)}</span>"
+        elif state == "unhealthy":  # it was ready and may recover
+            self.progress.bar_style = "danger"
+            self.phase.value = f"<span style='color:#bc4c00'>{name}: unhealthy</span>"
         else:
-            self.progress.bar_style = "danger" if state in ("crashed", "unhealthy") else ""
             self.phase.value = f"<span style='{GREY}'>{name}: {html.escape(state)}</span>"
 
     def _set_outcome(self, text: str, *, error: bool = False) -> None:

@@ -244,15 +244,24 @@ class LogsSection(widgets.VBox):
         self._shown = ""
         super().__init__([widgets.HBox([self.lines, self.follow]), self.path, self.text])
 
-    def show(self, server: Any, _state: str = "") -> None:
-        """Show the end of ``server``'s log if it changed (called by the monitor thread)."""
+    def show(self, server: Any, state: str = "") -> None:
+        """Show the end of ``server``'s log if it changed (called by the monitor thread).
+
+        Colour codes are removed; once the server is ``stopped`` (a stop someone asked for), its
+        shutdown chatter is folded into one line. A crashed or exited server's log shows whole.
+        """
         if not self.follow.value:
             return
         path = server.log_path
         if not path:
             self.path.value = "<span style='color:#57606a'>this server has no log here (attached)</span>"
             return
-        text = logs.tail(path, self.lines.value)
+        wanted = self.lines.value
+        if state == "stopped":  # read past the ~50 lines of shutdown messages, to show what came before them
+            text = logs.fold_shutdown(logs.tail(path, wanted + 200))
+            text = "\n".join(text.splitlines()[-wanted:])
+        else:
+            text = logs.tail(path, wanted)
         if text == self._shown:
             return  # unchanged: no comm message for the frontend
         self._shown = text

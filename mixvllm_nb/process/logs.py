@@ -46,6 +46,11 @@ _CONCURRENCY_RE = re.compile(
 )
 # llama.cpp: "llama_kv_cache: size =   45.00 MiB (  2048 cells,  30 layers,  1/1 seqs), ..."
 _LLAMA_KV_RE = re.compile(r"llama_kv_cache(?:_unified)?: size = .*?\(\s*(\d+) cells, .*?(\d+)/(\d+) seqs\)")
+# Terminal colour codes (CSI sequences such as "\x1b[32m", OSC titles): vLLM colours its log when
+# FORCE_COLOR or VLLM_LOGGING_COLOR=1 is set, or it believes it writes to a terminal; uvicorn too.
+_ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+# A stop's first message: vLLM 0.32 tags each shutdown step "[shutdown]"; uvicorn (llama.cpp too) says "Shutting down".
+_SHUTDOWN_RE = re.compile(r"\[shutdown\]|^INFO:\s+Shutting down", re.MULTILINE)
 _ERROR_RE = re.compile(r"^(?:\S+ )?(?:[A-Za-z_.]+\.)?([A-Z]\w*(?:Error|Exception)|Exit\w*): (.+)$")
 
 
@@ -67,7 +72,10 @@ class KVCacheReport:
 
 
 def tail(path: str | Path | None, lines: int = 40, max_bytes: int = 256 * 1024) -> str:
-    """Return the last ``lines`` lines of a log file ('' when missing), reading only its end."""
+    """Return the last ``lines`` lines of a log file as a person reads them: no colour codes ('' when missing).
+
+    Only the file's end is read.
+    """
     if not path:
         return ""
     try:
@@ -78,8 +86,27 @@ def tail(path: str | Path | None, lines: int = 40, max_bytes: int = 256 * 1024) 
             data = handle.read()
     except OSError:
         return ""
-    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
+    text = strip_ansi(data.decode("utf-8", errors="replace")).replace("\r", "\n")
     return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+
+def strip_ansi(text: str) -> str:
+    """Return ``text`` without terminal colour and control sequences."""
+    return _ANSI_RE.sub("", text)
+
+
+def fold_shutdown(text: str) -> str:
+    """Return a stopped server's log with everything from its first shutdown message on folded into one line.
+
+    After a stop the user asked for, vLLM logs twenty "[shutdown]" steps and the interpreter's
+    teardown reports (nanobind's leaked objects, resource_tracker warnings): noise, not news.
+    """
+    match = _SHUTDOWN_RE.search(text)
+    if match is None:
+        return text
+    start = text.rfind("\n", 0, match.start()) + 1
+    hidden = len(text[start:].splitlines())
+    return f"{text[:start]}[{hidden} lines of shutdown messages hidden; the log file has them all]"
 
 
 def read_text(path: str | Path | None) -> str:
