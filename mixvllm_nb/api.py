@@ -17,7 +17,7 @@ from .backends.base import InferenceServer
 from .config import ServeConfig, load_server_config
 from .errors import ConfigError, NameTakenError
 from .process import registry
-from .process.ownership import live_servers
+from .process.ownership import live_servers, orphaned
 from .process.ports import is_loopback
 from .process.stopping import stop_record
 from .process.view import ServerView, list_views
@@ -98,7 +98,7 @@ def serve(
     server.prepare()  # resolve the default model etc., so identities compare what would run
     identity = server.config.identity()
     with registry.launch_lock(identity):  # one config identity, one engine, however many ask at once
-        reused = _reusable(config.server.name, identity, reuse=reuse, replace=replace)
+        reused = _reusable(config.server.name, identity, reuse=reuse, replace=replace, detach=detach)
         if reused is not None:
             return ServeResult(server_from_record(reused), "Reused", reason)
         server.launch()
@@ -107,27 +107,31 @@ def serve(
     return ServeResult(server, "Launched", reason)
 
 
-def _reusable(name: str | None, identity: str, *, reuse: bool, replace: bool) -> registry.ServerRecord | None:
-    """Return the running server to reuse for a config, or None to launch (stopping a replaced one first)."""
+def _reusable(name: str | None, identity: str, *, reuse: bool, replace: bool,
+              detach: bool) -> registry.ServerRecord | None:
+    """Return the running server to reuse for a config, or None to launch (stopping a replaced one first).
+
+    Never reused: a server whose owner has died (its watchdog is stopping it), and, for a caller who asked
+    for a detached server, one that stops with its owner.
+    """
     existing = registry.get(name, missing_ok=True) if name else None
-    if existing is not None and existing.is_dead():
-        registry.remove(existing.name, expected=existing)
+    if existing is not None and (existing.is_dead() or orphaned(existing)):
+        stop_record(existing)  # an orphan would vanish under its new user in a moment: stop it now
         existing = None
     if existing is not None:
-        same = existing.identity == identity and not existing.attached
+        same = existing.identity == identity and not existing.attached and (existing.detached or not detach)
         if same and reuse and not replace:
             return existing
         if not replace:
-            raise NameTakenError(
-                f"server.name: {name!r} is already running with a different config; "
-                "use another name, stop it, or pass replace"
-            )
+            why = " (it stops with its owner; you asked for a detached one)" if detach and not existing.detached else ""
+            raise NameTakenError(f"server.name: {name!r} is already running with a different config{why}; "
+                                 "use another name, stop it, or pass replace")
         server_from_record(existing).stop()
         return None
     if reuse:
         for record in registry.list_records():
-            if record.identity == identity and not record.attached and record.state in ("starting", "ready") \
-                    and not record.is_dead():
+            if (record.identity == identity and not record.attached and record.state in ("starting", "ready")
+                    and (record.detached or not detach) and not record.is_dead() and not orphaned(record)):
                 return record
     return None
 
