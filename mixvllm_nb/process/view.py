@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from . import logs, registry
+from .heartbeat import end_cause
 from .states import State
 
 ServerView = dict[str, Any]
@@ -66,6 +67,8 @@ def server_view(record: registry.ServerRecord, live: Any = None, *, details: boo
     data["started_by"] = "attached" if record.attached else owner.get("kind", "")
     data["uptime_s"] = None if state.ended else round(time.time() - record.started_at, 1)
     data["error"] = getattr(live, "error", "") or ""
+    if not data["error"] and state in (State.CRASHED, State.EXITED) and not record.attached:
+        data["error"] = end_cause(record.exit_code, record.log_path or "")  # what any process can tell
     if details:
         kv = logs.kv_cache_report(logs.read_text(record.log_path)) if record.log_path else None
         data["kv_cache"] = str(kv) if kv else None
