@@ -171,8 +171,6 @@ def test_a_sigkilled_jupyter_server_takes_its_servers_along_but_not_a_detached_o
             _cleanup("jp-owned", "jp-detached")
 
 
-@pytest.mark.xfail(strict=True, reason="api.serve reuses an owned server for a request to launch a detached one "
-                   "(same config, another name): the server the caller asked to outlive it dies with another owner")
 def test_asking_for_a_detached_server_never_reuses_one_that_dies_with_its_owner():
     from mixvllm_nb.api import serve
     from mixvllm_nb.config import config_from_dict
@@ -192,22 +190,26 @@ OWNER = """
 import json, sys, time
 from mixvllm_nb.api import serve
 from mixvllm_nb.config import config_from_dict
-result = serve(config_from_dict({"backend": "llamacpp", "server": {"name": sys.argv[1]}}), owner_kind="kernel")
+result = serve(config_from_dict(json.loads(sys.argv[1])), owner_kind="kernel")
 print(json.dumps({"pid": result.server.pid}), flush=True)
 time.sleep(600)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="api.serve reuses a server whose owner was just SIGKILLed (its watchdog stops "
-                   "it a moment later): a kernel restarted at once is left with a server that vanishes; "
-                   "_reusable should treat ownership.orphaned(record) like is_dead (stop it, launch anew)")
+def _owner(config: dict) -> subprocess.Popen:
+    """Start a Python process that serves ``config`` and waits; return it once its server is ready."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, json.dumps(config)], stdout=subprocess.PIPE, text=True)
+    line = owner.stdout.readline()
+    assert line, f"the owner process ended before its server was ready (exit code {owner.wait()})"
+    return owner
+
+
 def test_serving_right_after_the_owner_was_sigkilled_gets_a_server_that_stays():
     from mixvllm_nb.api import serve
     from mixvllm_nb.config import config_from_dict
 
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, "orphan-race"], stdout=subprocess.PIPE, text=True)
+    owner = _owner({"backend": "llamacpp", "server": {"name": "orphan-race"}})
     try:
-        json.loads(owner.stdout.readline())
         first = registry.get("orphan-race")
         owner.kill()  # SIGKILL, as the OOM killer or a kernel's forced restart
         owner.wait()
@@ -272,40 +274,56 @@ def test_twenty_kernels_sigkilled_after_serving_leave_nothing(capsys):
 COUNT = [{"role": "user", "content": "Count from one to five hundred in words, one number per line."}]
 
 
-def test_an_engine_killed_mid_stream_ends_the_stream_and_reads_crashed_with_its_log(tmp_path):
+@pytest.fixture(scope="module")
+def proxy_jupyter(tmp_path_factory) -> Iterator[JupyterProcess]:
+    with _jupyter(tmp_path_factory.mktemp("faults-jupyter")) as jupyter:
+        yield jupyter
+
+
+def _stream_and_kill(client: openai.OpenAI, model: str, kill: Callable[[], None], **extra) -> tuple[list[str], str]:
+    """Stream a long chat, ``kill()`` after 5 pieces; return the pieces and how the stream ended (bounded)."""
+    pieces: list[str] = []
+    killed_at = None
+    ending = "clean end"
+    stream = client.chat.completions.create(model=model, messages=COUNT, max_tokens=1500, temperature=0, stream=True,
+                                            **extra)
+    try:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            if len(pieces) == 5 and killed_at is None:
+                kill()
+                killed_at = time.monotonic()
+    except openai.APIError as exc:  # an OpenAI-shaped error (an error event, or the status of one): a right end
+        ending = f"{type(exc).__name__}: {exc}"
+    assert killed_at is not None, f"the stream ended before 5 pieces: {pieces}"
+    ended_in = time.monotonic() - killed_at
+    print(f"\nstream ended {ended_in:.2f} s after the kill, {len(pieces)} pieces: {ending}")
+    # The client's own timeout is 30 s: an end within 15 s is the proxy's doing, not the client giving up.
+    assert ended_in < 15, f"the stream hung {ended_in:.1f} s after the engine died"
+    return pieces, ending
+
+
+def test_an_engine_killed_mid_stream_ends_the_stream_and_reads_crashed_with_its_log(proxy_jupyter):
     name = "midstream"
-    with _jupyter(tmp_path) as jupyter, _rest(jupyter) as rest:
+    jupyter = proxy_jupyter
+    with _rest(jupyter) as rest:
         try:
             _start_over_rest(rest, {"backend": "llamacpp", "heartbeat_interval": 0.5, "server": {"name": name}})
             record = registry.get(name)
             client = openai.OpenAI(base_url=jupyter.proxy_v1(name), api_key=jupyter.token, max_retries=0,
                                    timeout=30)
-            stream = client.chat.completions.create(model=DEFAULT_MODEL_ID, messages=COUNT, max_tokens=1500,
-                                                    temperature=0, stream=True)
-            pieces, error, killed_at = [], None, None
-            try:
-                for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        pieces.append(chunk.choices[0].delta.content)
-                    if len(pieces) == 5 and killed_at is None:
-                        os.kill(record.pid, signal.SIGKILL)
-                        killed_at = time.monotonic()
-            except openai.APIError as exc:  # an OpenAI-shaped error event: also a right ending
-                error = exc
-            ended_in = time.monotonic() - killed_at
-            print(f"\nstream ended {ended_in:.2f} s after the engine's SIGKILL, "
-                  f"{len(pieces)} pieces, {'error: ' + str(error) if error else 'clean end'}")
-            assert killed_at is not None, f"the stream ended before 5 pieces: {pieces}"
-            assert ended_in < 10
+            _stream_and_kill(client, DEFAULT_MODEL_ID, lambda: os.kill(record.pid, signal.SIGKILL))
 
             views: list[dict] = []
             assert _wait(lambda: views.append(rest.get(f"servers/{name}").json()) or views[-1]["state"] == "crashed",
                          10), views[-1]
             view = views[-1]
             last_line = logs.tail(record.log_path, 1).strip()
-            assert last_line and last_line in view["error"], (view["error"], last_line)
-            assert "SIGKILL" in view["error"], view["error"]
+            assert view["error"].startswith("killed by SIGKILL"), view["error"]
+            assert last_line and view["error"].endswith(last_line), (view["error"], last_line)
             assert view["exit_code"] == -signal.SIGKILL and view["dead"]
+            assert marked_alive(record.marker) == [] and port_is_free(record.host, record.port)
 
             # The proxy now says so at once, OpenAI-shaped, instead of trying the dead port.
             with pytest.raises(openai.APIStatusError) as refused:
@@ -321,6 +339,48 @@ def test_an_engine_killed_mid_stream_ends_the_stream_and_reads_crashed_with_its_
             assert cell.stdout.strip().splitlines()[-1] == last_line
         finally:
             _cleanup(name)
+
+
+def test_vllm_engine_core_killed_mid_stream_ends_the_stream_and_reads_crashed(proxy_jupyter):
+    # vLLM's own fault: its API server outlives a dead EngineCore, so the stream's upstream stays open.
+    from mixvllm_nb import VLLMServer
+
+    server = VLLMServer(name="core-killed", heartbeat_interval=0.5, gpu_memory_utilization=0.1).start()
+    try:
+        core = [p for p in psutil.Process(server.pid).children(recursive=True)
+                if p.cmdline()[:1] == ["VLLM::EngineCore"]]
+        assert core, "no VLLM::EngineCore under the API server"
+        client = openai.OpenAI(base_url=proxy_jupyter.proxy_v1(server.name), api_key=proxy_jupyter.token,
+                               max_retries=0, timeout=30)
+        _stream_and_kill(client, server.served_model_name, lambda: core[0].send_signal(signal.SIGKILL),
+                         extra_body={"ignore_eos": True})
+        assert _wait(lambda: server.state == "crashed", 10), (server.state, server.error)
+        status = server.status()
+        assert status["state"] == "crashed" and status["error"].startswith(f"engine process(es) [{core[0].pid}"), (
+            status["error"])
+        assert _wait(lambda: not marked_alive(server.record.marker), 20), marked_alive(server.record.marker)
+        with _rest(proxy_jupyter) as rest:
+            assert rest.get(f"servers/{server.name}").json()["state"] == "crashed"
+    finally:
+        report = server.stop()
+        assert report.clean, report.summary()
+
+
+def test_a_crashed_server_says_why_in_every_process_not_only_its_owner():
+    from mixvllm_nb.api import get_server
+
+    owner = _owner({"backend": "llamacpp", "heartbeat_interval": 0.5, "server": {"name": "crashed-elsewhere"}})
+    try:
+        record = registry.get("crashed-elsewhere")
+        os.kill(record.pid, signal.SIGKILL)
+        assert _wait(lambda: registry.get("crashed-elsewhere").state == "crashed", 10)
+        status = get_server("crashed-elsewhere").status()
+        assert status["state"] == "crashed"
+        assert status["error"].startswith("killed by SIGKILL"), status
+    finally:
+        owner.kill()
+        owner.wait()
+        _cleanup("crashed-elsewhere")
 
 
 # -- a wall-clock step under a running server ---------------------------------------------------------------

@@ -45,7 +45,7 @@ def _loop(server: ServerProcess) -> None:
                 return
             dead = [pid for pid, stamp in server.engine_pids.items() if process_matches(pid, stamp) is None]
             if dead:
-                server.error = f"engine process(es) {dead} died"
+                server.error = with_log(f"engine process(es) {dead} died", server.log_path)
                 server.set_state(State.CRASHED)
                 reap_leftovers(server)
                 return
@@ -79,6 +79,11 @@ def end_cause(code: int | None, log_path: str) -> str:
             how = f"killed by signal {-code}"
     else:
         how = f"exited with code {code}"
+    return with_log(how, log_path)
+
+
+def with_log(how: str, log_path: str) -> str:
+    """Return ``how`` followed by the log's most telling error line, else by its last line."""
     text = logs.tail(log_path, 200)
     cause = logs.failure_cause(text)
     if cause:
