@@ -77,19 +77,24 @@ async def serve_synthetic(port: int, events: int, burst: bool = False) -> None:
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    await reader.readexactly(int(line.split(b":", 1)[1]))
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-                         b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
-            for frame in frames:  # one write (one send) per event, as an engine emits them
-                writer.write(frame)
+            while True:  # keep-alive, as uvicorn (vLLM's server) does, until the client says close
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.lower().split(b"\r\n")
+                for line in lines:
+                    if line.startswith(b"content-length:"):
+                        await reader.readexactly(int(line.split(b":", 1)[1]))
+                close = b"connection: close" in lines
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                             b"transfer-encoding: chunked\r\n" + (b"connection: close\r\n" if close else b"") + b"\r\n")
+                for frame in frames:  # one write (one send) per event, as an engine emits them
+                    writer.write(frame)
+                    await writer.drain()
+                    if not burst:
+                        await asyncio.sleep(0)  # back to the loop between events, as a server streaming a generator
+                writer.write(b"0\r\n\r\n")
                 await writer.drain()
-                if not burst:
-                    await asyncio.sleep(0)  # back to the loop between events, as a server streaming a generator
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
+                if close:
+                    break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

@@ -8,7 +8,9 @@ moment the upstream sees a disconnect come from the stand-in upstream (a control
 from __future__ import annotations
 
 import json
+import statistics
 import time
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -131,6 +133,73 @@ def test_a_client_that_leaves_during_a_silent_prefill_ends_the_upstream_request(
     left_at = time.monotonic()
     assert hit.ended.wait(10), "the upstream request never ended"
     assert hit.client_left and hit.ended_at - left_at < 2.0
+
+
+def paced_handler(events: int, interval: float, chunked: bool, sent: list[float]) -> type[BaseHTTPRequestHandler]:
+    """A stand-in's handler that streams ``events`` events ``interval`` apart, noting when each left.
+
+    Chunked, one chunk per event, as vLLM (uvicorn) frames a stream; or ended by closing, as HTTP/1.0.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if chunked else "HTTP/1.0"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for i in range(events + 1):
+                time.sleep(interval if i else 0)
+                event = f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': f'e{i}'}}]})}\n\n"
+                data = (event if i < events else "data: [DONE]\n\n").encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                sent.append(time.monotonic())
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+
+    return Handler
+
+
+def arrivals(url: str, key: str) -> list[float]:
+    """Stream a chat from ``url``; return when each event (and [DONE]) arrived."""
+    times = []
+    with httpx.stream("POST", f"{url}/chat/completions", json={"model": STANDIN_MODEL, "stream": True}, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                times.append(time.monotonic())
+    return times
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "close-delimited"])
+def test_events_are_relayed_as_they_arrive_like_direct(jupyter, chunked):
+    # 40 events 25 ms apart (1 s): fast enough that a proxy batching reads, waiting for a buffer to
+    # fill or for the end would bunch them; slow enough that a busy 2-core machine keeps the rhythm.
+    events, interval = 40, 0.025
+    sent: list[float] = []
+    with registered_upstream("paced") as stand_in:
+        stand_in._server.RequestHandlerClass = paced_handler(events, interval, chunked, sent)
+        runs = {}
+        for name, url, key in (("direct", f"{stand_in.url}/v1", "none"), ("proxy", jupyter.proxy_v1("paced"), jupyter.token)):
+            sent.clear()
+            got = arrivals(url, key)
+            assert len(got) == len(sent) == events + 1, (name, len(got), len(sent))
+            runs[name] = ([a - s for a, s in zip(got, sent, strict=True)], got[-1] - got[0], sent[-1] - sent[0])
+    for name, (lags, spread, sent_spread) in runs.items():
+        # A proxy that buffers delivers the first events about 1 s late and all within a few ms.
+        assert spread > 0.6 * sent_spread, (name, spread, sent_spread)
+        early = sum(lag < 0.25 for lag in lags)
+        assert early >= 0.75 * len(lags), (name, sorted(lags))
+    direct_lag, proxy_lag = (statistics.median(runs[n][0]) for n in ("direct", "proxy"))
+    assert proxy_lag < direct_lag + 0.1, (direct_lag, proxy_lag)  # a hop, not a buffer
 
 
 def _running(vllm_server) -> int:
