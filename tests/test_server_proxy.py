@@ -202,6 +202,44 @@ def test_events_are_relayed_as_they_arrive_like_direct(jupyter, chunked):
     assert proxy_lag < direct_lag + 0.1, (direct_lag, proxy_lag)  # a hop, not a buffer
 
 
+def breaking_handler(tail: bytes) -> type[BaseHTTPRequestHandler]:
+    """A chunked stream of two events, then ``tail``, then the connection closes (an engine killed)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(2):
+                event = f"data: {json.dumps({'choices': [{'index': 0, 'text': f'e{i}'}]})}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.write(tail)
+            self.close_connection = True
+
+    return Handler
+
+
+def test_an_engine_that_dies_between_events_gives_a_clean_end_and_mid_event_a_cut(jupyter):
+    with registered_upstream("breaking") as stand_in:
+        url = f"{jupyter.proxy_v1('breaking')}/completions"
+        headers = {"Authorization": f"Bearer {jupyter.token}"}
+        stand_in._server.RequestHandlerClass = breaking_handler(b"")
+        with httpx.stream("POST", url, json={"stream": True}, headers=headers, timeout=30) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert len(lines) == 2  # what came, then a proper end of the answer
+        stand_in._server.RequestHandlerClass = breaking_handler(b"40\r\ndata: {\"choi")
+        with pytest.raises(httpx.RemoteProtocolError), httpx.stream(
+                "POST", url, json={"stream": True}, headers=headers, timeout=30) as response:
+            list(response.iter_lines())  # a half event must not look like a whole answer
+
+
 def _running(vllm_server) -> int:
     text = httpx.get(f"{vllm_server.base_url}/metrics", timeout=10).text
     return VllmMetrics.from_text(text).num_requests_running or 0
