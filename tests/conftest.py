@@ -50,6 +50,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.vllm)
 
 
+@pytest.fixture(scope="session")
+def ip():
+    """IPython's in-process shell with the magics loaded (one per session: IPython keeps a global one)."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython() or get_ipython()
+    shell.run_line_magic("load_ext", "mixvllm_nb")
+    return shell
+
+
 @pytest.fixture
 def jupyter_overrides() -> dict:
     """Extra Jupyter config for one test (parametrize it: an authorizer, MixVLLM limits)."""

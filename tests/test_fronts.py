@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 from test_server_support import StandInProcess
 
 from mixvllm_nb.api import list_servers
@@ -25,13 +24,6 @@ from mixvllm_nb.process import registry
 from mixvllm_nb.process.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def ip():
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "mixvllm_nb")
-    return shell
 
 
 def magic(ip, line: str):

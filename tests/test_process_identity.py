@@ -135,7 +135,7 @@ def test_a_clock_step_moves_psutils_create_time_but_not_our_identity(spawn, monk
     assert process_matches(server.pid, stamp) is not None
     record = registry.get("clock-step")
     assert record.process_alive() and not record.is_dead()
-    assert registry.clean_dead() == []
+    assert "clock-step" not in registry.clean_dead()  # other tests may leave dead records of their own
     assert registry.get("clock-step", missing_ok=True) is not None
     assert server.poll() is None
 

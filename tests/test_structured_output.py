@@ -12,7 +12,6 @@ import re
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 from pydantic import BaseModel
 
 from mixvllm_nb.client import Reply, StreamStats, request_params
@@ -38,13 +37,6 @@ def one_line(exc: BaseException) -> str:
 def stats(finish_reason: str | None, tokens: int | None = 7) -> StreamStats:
     usage = None if tokens is None else {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": tokens + 3}
     return StreamStats(usage=usage, pieces=tokens or 5, finish_reason=finish_reason)
-
-
-@pytest.fixture(scope="module")
-def ip():
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "mixvllm_nb")
-    return shell
 
 
 # -- fast: building the request --------------------------------------------------------------------
