@@ -195,7 +195,7 @@ def test_a_record_pointing_at_an_unrelated_process_never_gets_it_signalled(spawn
 
     registry.save(record)
     assert registry.get("reused").is_dead()
-    assert registry.clean_dead() == ["reused"]
+    assert "reused" in registry.clean_dead()  # (other tests may leave dead records of their own)
 
     registry.save(record)
     stopped = stop_record(registry.get("reused"), grace=1)
