@@ -67,6 +67,8 @@ class ServeResult:
                          " launch with another --name to have your own.")
             return line
         line = f"Launched {server.name} on {self.engine} (pid {server.pid}); log: {server.log_path}"
+        if note := server.config.terminal.unused_note():
+            line += f"\n{note}"
         if not is_loopback(server.host):
             line += (f"\nListening on {server.host}: every machine that reaches this one can use the model with its "
                      "API key, and vLLM's /metrics and /tokenize without one. Loopback (127.0.0.1) and Jupyter's proxy "

@@ -57,6 +57,8 @@ def cmd_serve(argv: list[str]) -> int:
     try:
         config = load_server_config(args.config, launch_overrides(vars(args)))
         if args.dry_run:
+            if note := config.terminal.unused_note():
+                print(f"# {note}")
             return _dry_run(server_for_config(config, owner_kind="cli"))
         print(f"{PROG}: starting {config.model.name or 'the embedded model'} ...", flush=True)
         result = serve(config, replace=args.replace, wait=False, detach=args.detach, owner_kind="cli")

@@ -40,8 +40,19 @@ class InferenceServer(ServerProcess):
         owner_kind: str = "python",
         **options: Any,
     ) -> None:
-        backend = self.backend_name if self.backend_name != "base" else None
+        name = self.get_backend_name()  # seed 002's subclasses name themselves by overriding this method
+        backend = name if name != "base" else None
         super().__init__(build_config(backend, model, config, options), detach=detach, owner_kind=owner_kind)
+
+    @property
+    def binary_path(self) -> str:
+        """The program that runs the server (seed 002's attribute; see :meth:`get_binary_path`)."""
+        return self.get_binary_path()
+
+    @property
+    def server_url(self) -> str:
+        """The server's root URL (seed 002's name for :attr:`base_url`)."""
+        return self.base_url
 
     @classmethod
     def from_record(cls, record: registry.ServerRecord) -> InferenceServer:
@@ -60,10 +71,6 @@ class InferenceServer(ServerProcess):
         return server
 
     # -- what subclasses provide ------------------------------------------------------------------
-
-    def get_backend_name(self) -> str:
-        """Return the backend's name (``vllm``, ``sglang``, ...)."""
-        return self.backend_name
 
     def get_binary_path(self) -> str:
         """Return the program that runs the server (this Python, for Python servers)."""

@@ -129,11 +129,24 @@ class GenerationDefaults(_Section):
 
 
 class TerminalConfig(_Section):
-    enabled: bool = Field(
-        False, description="Open a Jupyter terminal running mixvllm-chat when %vllm_serve has waited for the "
-        "server to be ready (in a shell, mixvllm-serve says how to start the chat)."
+    enabled: bool = option(
+        False, "open a Jupyter terminal running mixvllm-chat once the server is ready (in a shell, mixvllm-serve "
+        "says how to start the chat)", flag="--enable-terminal",
     )
     auto_start_chat: bool = Field(True, description="Start mixvllm-chat in the new terminal.")
+    # Seed 001 ran its own web terminal server on host:port. The chat opens in Jupyter's own terminals
+    # instead (behind Jupyter's login), so these are accepted, noted once, and not used.
+    host: str | None = Field(None, description="Seed 001's terminal server address: not used (Jupyter's terminals).")
+    port: int | None = option(None, "seed 001's terminal server port: not used, the chat opens in a Jupyter "
+                              "terminal", flag="--terminal-port", ge=1, le=65535)
+
+    def unused_note(self) -> str:
+        """Return one line about seed 001's terminal address when one is given ('' otherwise)."""
+        given = [f"{key} {value}" for key, value in (("host", self.host), ("port", self.port)) if value is not None]
+        if not given:
+            return ""
+        return (f"terminal.{' and terminal.'.join(given)}: not used; the chat opens in a Jupyter terminal "
+                "(%vllm_terminal, the panel), behind Jupyter's login, instead of a terminal server of its own.")
 
 
 class ProfileConfig(_Section):

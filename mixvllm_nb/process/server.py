@@ -57,6 +57,7 @@ class ServerProcess:
 
     # -- hooks: what a backend provides (backends.base.InferenceServer) --------------------------
 
+    def get_backend_name(self) -> str: return self.backend_name  # noqa: E704  (vllm, sglang, ...)
     def get_launch_command(self) -> list[str]: raise NotImplementedError  # noqa: E704
     def get_launch_env(self) -> dict[str, str]: raise NotImplementedError  # noqa: E704
     def get_health_endpoint(self) -> str: raise NotImplementedError  # noqa: E704
@@ -238,7 +239,7 @@ class ServerProcess:
             )
         self.record = registry.ServerRecord(
             name=self.name,
-            backend=self.backend_name,
+            backend=self.get_backend_name(),
             model=self.model,
             served_model_name=self.served_model_name,
             host=self.host,

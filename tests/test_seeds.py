@@ -1,0 +1,54 @@
+"""The seeds' own examples, verbatim (copied into tests/data/seeds/ from shared/seeds/): they must run here.
+
+Where our design differs (a Jupyter terminal instead of seed 001's terminal server), the example still loads
+and says in one line what no longer applies.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mixvllm_nb import InferenceServer, create_server, load_server_config
+from mixvllm_nb.api import ServeResult
+from mixvllm_nb.backends import register_backend
+
+SEEDS = Path(__file__).parent / "data" / "seeds"
+VENV_BIN = Path(sys.executable).parent
+
+
+def test_seed_001s_yaml_loads_and_notes_its_terminal_port():
+    config = load_server_config(SEEDS / "seed001_serve.yaml")
+    assert config.terminal.enabled and config.terminal.port == 8888
+    assert config.inference.tensor_parallel_size == 2 and config.inference.quantization == "awq"
+    note = config.terminal.unused_note()
+    assert note.startswith("terminal.port 8888: not used") and "Jupyter terminal" in note and "\n" not in note
+
+
+def test_seed_001s_terminal_flags_are_accepted_by_the_cli():
+    out = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "--dry-run", "--backend", "vllm", "--model", "org/m",
+                          "--enable-terminal", "--terminal-port", "9000"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "# terminal.port 9000: not used" in out.stdout
+    assert "enabled: true" in out.stdout
+
+
+def test_seed_002s_custom_backend_runs_verbatim():
+    namespace = {"InferenceServer": InferenceServer}
+    exec((SEEDS / "seed002_custom_backend.txt").read_text(), namespace)  # noqa: S102  the seed's own code
+    cls = namespace["MyBackendServer"]
+    register_backend(cls)  # named by its get_backend_name(), as the seed's class has no backend_name
+    server = create_server("mybackend", model="org/model", port=8300)
+    assert type(server) is cls and server.get_backend_name() == "mybackend"
+    assert server.get_launch_command() == ["my-backend-binary", "--model", "org/model", "--port", "8300"]
+    assert server.get_health_endpoint() == "http://127.0.0.1:8300/health"
+    assert server.list_endpoints() == {"health": "http://127.0.0.1:8300/health", "api": "http://127.0.0.1:8300/api"}
+    assert server.binary_path == "my-backend-binary" and server.server_url == "http://127.0.0.1:8300"
+    assert server.config.backend == "mybackend"
+
+
+def test_a_launch_message_notes_seed_001s_terminal_address_once():
+    server = create_server("vllm", "org/model", port=8301, config=None)
+    server.config.terminal.port = 8888
+    assert ServeResult(server, "Launched").describe().count("terminal.port 8888: not used") == 1
