@@ -52,3 +52,23 @@ def test_a_launch_message_notes_seed_001s_terminal_address_once():
     server = create_server("vllm", "org/model", port=8301, config=None)
     server.config.terminal.port = 8888
     assert ServeResult(server, "Launched").describe().count("terminal.port 8888: not used") == 1
+
+
+def test_seed_002s_sglang_example_builds_its_command_with_its_own_server_args():
+    # SGLang does not install on this CPU machine: the command is what can be checked here.
+    from mixvllm_nb import SGLangServer
+
+    server = SGLangServer(
+        model="meta-llama/Llama-2-7b-hf",
+        port=8000,
+        config={
+            'server_args': [
+                '--tp', '4',                        # Tensor parallelism size
+                '--context-length', '8192',          # Context length
+                '--mem-fraction-static', '0.9',     # Memory fraction
+            ]
+        }
+    )
+    command = server.get_launch_command()
+    assert command[command.index("--mem-fraction-static") + 1] == "0.9" and command.count("--mem-fraction-static") == 1
+    assert command[-6:] == ["--tp", "4", "--context-length", "8192", "--mem-fraction-static", "0.9"]

@@ -53,7 +53,8 @@ class SGLangServer(InferenceServer):
             cmd += ["--pp-size", str(inf.pipeline_parallel_size)]
         if inf.data_parallel_size != 1:
             cmd += ["--dp", str(inf.data_parallel_size)]
-        cmd += ["--mem-fraction-static", str(inf.gpu_memory_utilization)]
+        if "gpu_memory_utilization" in inf.model_fields_set:  # else SGLang's own default, or the user's server_args
+            cmd += ["--mem-fraction-static", str(inf.gpu_memory_utilization)]
         if inf.max_model_len:
             cmd += ["--context-length", str(inf.max_model_len)]
         if inf.dtype:
