@@ -65,6 +65,9 @@ class LlamaCppServer(InferenceServer):
                 f"model.name: {self.model!r} is not a .gguf file; the llamacpp backend serves GGUF files "
                 "(leave the model out for the embedded SmolLM2, or use backend vllm)"
             )
+        if cfg.lora.enabled:
+            raise ConfigError("lora.enabled: LoRA adapters are not on this engine (llamacpp) in mixvllm_nb; "
+                              "use backend vllm for them")
         for path, allowed in _ALLOWED.items():
             section, field = path.split(".")
             value = getattr(getattr(cfg, section), field)

@@ -37,6 +37,11 @@ class SGLangServer(InferenceServer):
     def build_command(self) -> list[str]:
         """Return ``python -m sglang.launch_server`` with SGLang's names for the config's flags."""
         cfg, inf = self.config, self.config.inference
+        if cfg.lora.enabled:
+            from ..errors import ConfigError
+
+            raise ConfigError("lora.enabled: LoRA adapters are not on this engine (sglang) in mixvllm_nb; "
+                              "use backend vllm for them")
         cmd = [self.get_binary_path(), "-m", "sglang.launch_server", "--model-path", self.model]
         if self.served_model_name != self.model:
             cmd += ["--served-model-name", self.served_model_name]

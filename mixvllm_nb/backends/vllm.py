@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+from ..config.schema import LoraConfig
 from ..gpu import has_gpu
 from ..process.http import http_get_json
 from .args import with_extra_args
@@ -75,6 +76,7 @@ class VLLMServer(InferenceServer):
         if self.torch_profiling:  # vLLM >= 0.11 takes the profiler's settings as a flag, not VLLM_TORCH_PROFILER_DIR
             profiler = {"profiler": "torch", "torch_profiler_dir": str(Path(cfg.profile.output_dir).resolve())}
             cmd += ["--profiler-config", json.dumps(profiler)]
+        cmd += lora_flags(cfg.lora)
         overrides = generation_config_override(self.config.generation_defaults.as_request_params())
         if overrides:
             cmd += ["--override-generation-config", json.dumps(overrides, sort_keys=True)]
@@ -108,10 +110,12 @@ class VLLMServer(InferenceServer):
         )
 
     def build_env(self) -> dict[str, str]:
-        """Return ``VLLM_API_KEY`` and, on CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB)."""
+        """Return ``VLLM_API_KEY``, on CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB), with LoRA runtime adapter loading."""
         env = {"VLLM_API_KEY": self.api_key}
         if self.on_cpu():
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.inference.cpu_kv_cache_gib)
+        if self.config.lora.enabled:  # /v1/load_lora_adapter and /v1/unload_lora_adapter (key-protected)
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         return env
 
     def is_ready(self) -> bool:
@@ -124,6 +128,21 @@ class VLLMServer(InferenceServer):
         if spec and isinstance(spec.get("paths"), dict):
             return {path: f"{self.base_url}{path}" for path in sorted(spec["paths"])}
         return {**self.openai_endpoints(), "metrics": f"{self.base_url}/metrics"}
+
+
+def lora_flags(lora: LoraConfig) -> list[str]:
+    """Return vLLM's LoRA flags for the ``lora:`` section (none when it is off)."""
+    if not lora.enabled:
+        if lora.modules:
+            from ..errors import ConfigError
+
+            raise ConfigError("lora.modules: adapters are listed but lora.enabled is false; "
+                              "set lora.enabled (--enable-lora) or leave lora.modules out")
+        return []
+    flags = ["--enable-lora", "--max-loras", str(lora.max_loras), "--max-lora-rank", str(lora.max_lora_rank)]
+    if lora.modules:
+        flags += ["--lora-modules", *(f"{name}={Path(path).expanduser()}" for name, path in lora.modules.items())]
+    return flags
 
 
 def generation_config_override(defaults: dict[str, object]) -> dict[str, object]:

@@ -156,6 +156,34 @@ class ProfileConfig(_Section):
     args: list[str] = Field(default_factory=list, description="Extra arguments for nsys/rocprof.")
 
 
+# The adapter ranks vLLM accepts for --max-lora-rank.
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+
+
+class LoraConfig(_Section):
+    """LoRA adapters: the ``lora:`` section (vLLM only; adapters can also be loaded while it runs)."""
+
+    enabled: bool = option(False, "serve LoRA adapters (and allow loading them while the server runs)",
+                           flag="--enable-lora")
+    max_loras: PositiveInt = option(1, "adapters in one batch at a time", flag="--max-loras")
+    max_lora_rank: LoraRank = option(16, "largest adapter rank that can be loaded", flag="--max-lora-rank")
+    modules: dict[str, str] = Field(
+        default_factory=dict, description="Adapters loaded at launch: {name: folder of a peft adapter}."
+    )
+
+    @field_validator("modules")
+    @classmethod
+    def _module_names(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name, path in value.items():
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"adapter name {name!r}: letters, digits, '_', '.', '-' (up to 64)")
+            if not str(path).strip():
+                raise ValueError(f"adapter {name!r}: the path must not be blank")
+        return value
+
+
 class ServeConfig(_Section):
     """Everything needed to launch one inference server, validated."""
 
@@ -181,6 +209,7 @@ class ServeConfig(_Section):
     log_dir: Path | None = option(None, "folder for the server log (default: the state dir)", flag="--log-dir")
     debug_mode: bool = Field(False, description="Report every pid checked when stopping.")
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @field_validator("env_vars", mode="before")
     @classmethod
