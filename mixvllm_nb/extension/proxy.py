@@ -106,7 +106,7 @@ class ProxyHandler(MixvllmHandler):
         limit = self.state.config.max_body_bytes
         if self._received > limit:
             self._refuse(f"request body (chunked) went over the limit of {limit} bytes (MixVLLM.max_body_bytes); "
-                         "the rest was not read")
+                         "the rest is dropped")
             return
         self._chunks.append(chunk)
 
@@ -121,13 +121,13 @@ class ProxyHandler(MixvllmHandler):
         self.flush()
 
     async def get(self, name: str, path: str) -> None:
-        """Forward a GET (models, health, metrics)."""
+        """Forward the request (GET: models, health, metrics; POST: completions, chat, embeddings)."""
         if not self._refused:
             await self._authorized_forward(name, path)
         elif not self._finished:
             self.finish()  # the 413 went out already; the body has now been read and dropped
 
-    post = get  # completions, chat completions, embeddings: the same checks, the method decides
+    post = get  # the same checks: ALLOWED_PATHS says which method each path takes
 
     @web.authenticated
     @authorized

@@ -1,11 +1,12 @@
 """HTTP/1.1 exchanges with model servers, for the proxy: the request, the answer's head, its body as it comes.
 
-Not httpx: for each request it resolved the address in a worker thread (anyio's getaddrinfo) and
-yielded one piece per HTTP chunk, that is per server-sent event: on main that cost the proxy its
-first event 7-12 ms after direct's and 0.07x direct's events/s against a fast chunked upstream
-(``benchmarks/proxy.py synthetic``). Here :meth:`Upstream.body` yields all that one socket read
-brought, however many events that is, so a fast engine's events go on in few large writes and a
-slow engine's each in its own, as it arrives.
+Not httpx: it yielded one piece per HTTP chunk, that is per server-sent event, and the proxy wrote
+and flushed each: against a fast chunked upstream (as uvicorn frames vLLM's streams) that was 0.07x
+direct's events/s (``benchmarks/proxy.py synthetic --burst``), and a connection per request with the
+address resolved in a worker thread put its first event ~7 ms after direct's. Here
+:meth:`Upstream.body` yields all that one socket read brought, however many events that is (a slow
+engine's events still come one read each, as they arrive), chunked framing is checked in C calls and
+passed on as it is, and connections are kept alive between requests.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Upstream:
     @classmethod
     async def _exchange(cls, key: tuple[str, str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         request: bytes, write_timeout: float, *, reused: bool) -> Upstream:
+        sent = time.monotonic()
         try:
             writer.write(request)
             await asyncio.wait_for(writer.drain(), write_timeout)
@@ -95,7 +97,9 @@ class Upstream:
                     return cls(key, reader, writer, version, status, reason, answer)
         except BaseException as exc:
             writer.transport.abort()
-            if reused and (isinstance(exc, ConnectionError) or (
+            # Closed under us at once: the server's idle timeout met our request, which it never read.
+            # Later, it may have worked on the request before it died: that is not sent twice.
+            if reused and time.monotonic() - sent < STALE_SECONDS and (isinstance(exc, ConnectionError) or (
                     isinstance(exc, asyncio.IncompleteReadError) and not exc.partial)):
                 raise _Stale from None
             if isinstance(exc, asyncio.IncompleteReadError | asyncio.LimitOverrunError):
@@ -165,6 +169,7 @@ _IDLE: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str,
     float, asyncio.StreamReader, asyncio.StreamWriter]]]] = weakref.WeakKeyDictionary()
 IDLE_SECONDS = 2.0
 MAX_IDLE = 16  # per server
+STALE_SECONDS = 0.5
 
 
 def _take_idle(key: tuple[str, str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
