@@ -228,11 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in SETTINGS:
         if getattr(args, name) is not None:
             session.set_param(name, str(getattr(args, name)))
+    return run(session, f"mixvllm-chat: {model} at {endpoint.label}. /help for commands, Ctrl+D to quit.")
+
+
+def run(session: ChatSession, greeting: str) -> int:
+    """Read lines until /exit or Ctrl+D, answering each; return the exit status."""
     try:
         import readline  # noqa: F401  (line editing and input history for input())
     except ImportError:
         pass
-    session.say(f"mixvllm-chat: {model} at {endpoint.label}. /help for commands, Ctrl+D to quit.")
+    session.say(greeting)
     while True:
         try:
             line = input(PROMPT)

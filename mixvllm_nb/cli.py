@@ -4,6 +4,8 @@
     mixvllm-serve list
     mixvllm-serve stop NAME | --all
     mixvllm-serve key NAME
+    mixvllm-serve generate --prompt TEXT [--stream] [flags...]   (a running server of this config, or one for it)
+    mixvllm-serve chat [--system-prompt TEXT] [flags...]
 
 Exit codes: 0 on success and after Ctrl+C (the whole process tree is stopped), 1 for a config
 error or a start-up failure (one line naming the cause, then the log tail).
@@ -16,7 +18,7 @@ import shlex
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
@@ -175,7 +177,72 @@ def cmd_key(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "stop": cmd_stop, "key": cmd_key}
+def _one_off_parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"{PROG} {command}", description=description)
+    for flags, kwargs in serve_arguments():
+        parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+def _one_off_server(args: argparse.Namespace) -> tuple[InferenceServer, dict[str, Any], bool]:
+    """Return a ready server for a one-off command (a running one with the same config, else a new one),
+    the sampling to send with each request, and whether this command launched it (and must stop it)."""
+    from .api import serve
+
+    overrides = launch_overrides(vars(args))
+    # Sampling travels with the requests: a running server with other defaults is still the same server.
+    sampling = {path.split(".", 1)[1]: overrides.pop(path) for path in list(overrides)
+                if path.startswith("generation_defaults.")}
+    result = serve(load_server_config(args.config, overrides), detach=False, owner_kind="cli")
+    print(f"{PROG}: {result.describe()}", file=sys.stderr, flush=True)
+    return result.server, sampling, result.outcome == "Launched"
+
+
+def cmd_generate(argv: list[str]) -> int:
+    """Complete one prompt with a running server of this config, or one started (and stopped) for it."""
+    parser = _one_off_parser("generate", "Complete one prompt (seed 004's inference-generate).")
+    parser.add_argument("--prompt", required=True, help="the text to continue")
+    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=False,
+                        help="print the answer as it streams in (default: when it is complete)")
+    args = parser.parse_args(argv)
+    launched, server = False, None
+    try:
+        server, sampling, launched = _one_off_server(args)
+        printer = (lambda piece: print(piece, end="", flush=True)) if args.stream else None
+        reply = server.generate(args.prompt, on_piece=printer, **sampling)
+        print("" if args.stream else reply.text)
+        return 0
+    except MixVLLMError as exc:
+        return _fail(str(exc))
+    finally:
+        if launched and server is not None:
+            print(f"{PROG}: {server.name}: {server.stop().summary()}", file=sys.stderr)
+
+
+def cmd_chat(argv: list[str]) -> int:
+    """Chat in the terminal with a running server of this config, or one started (and stopped) for it."""
+    from openai import OpenAI
+
+    from .chat import ChatSession, run
+
+    parser = _one_off_parser("chat", "Chat in the terminal (seed 004's inference-chat).")
+    parser.add_argument("--system-prompt", "--system", dest="system", help="system prompt")
+    args = parser.parse_args(argv)
+    launched, server = False, None
+    try:
+        server, sampling, launched = _one_off_server(args)
+        client = OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key, max_retries=0)
+        session = ChatSession(client, server.served_model_name, params=sampling)
+        session.conversation.system = args.system
+        return run(session, f"{PROG} chat: {server.served_model_name}. /help for commands, Ctrl+D to quit.")
+    except MixVLLMError as exc:
+        return _fail(str(exc))
+    finally:
+        if launched and server is not None:
+            print(f"{PROG}: {server.name}: {server.stop().summary()}", file=sys.stderr)
+
+
+COMMANDS = {"list": cmd_list, "stop": cmd_stop, "key": cmd_key, "generate": cmd_generate, "chat": cmd_chat}
 
 
 def main(argv: list[str] | None = None) -> int:

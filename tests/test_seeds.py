@@ -10,9 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mixvllm_nb import InferenceServer, create_server, load_server_config
 from mixvllm_nb.api import ServeResult
 from mixvllm_nb.backends import register_backend
+from mixvllm_nb.models import f16_gguf_path
+from mixvllm_nb.process import registry
 
 SEEDS = Path(__file__).parent / "data" / "seeds"
 VENV_BIN = Path(sys.executable).parent
@@ -72,3 +76,32 @@ def test_seed_002s_sglang_example_builds_its_command_with_its_own_server_args():
     command = server.get_launch_command()
     assert command[command.index("--mem-fraction-static") + 1] == "0.9" and command.count("--mem-fraction-static") == 1
     assert command[-6:] == ["--tp", "4", "--context-length", "8192", "--mem-fraction-static", "0.9"]
+
+
+@pytest.mark.vllm  # a real engine: the light one (llama.cpp), which starts in about a second
+def test_seed_004s_one_off_generate_starts_answers_and_stops():
+    before = {r.name for r in registry.list_records()}
+    out = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "generate", "--backend", "llamacpp", "--model-path",
+                          str(f16_gguf_path()), "--prompt", "The capital of France is", "--max-tokens", "8",
+                          "--temperature", "0"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
+    assert "Launched" in out.stderr and "nothing left, port free" in out.stderr
+    assert {r.name for r in registry.list_records()} == before
+
+
+@pytest.mark.vllm
+def test_seed_004s_one_off_generate_uses_a_running_server_of_the_same_config():
+    from mixvllm_nb.api import serve, stop_server
+    from mixvllm_nb.config import config_from_dict
+
+    running = serve(config_from_dict({"backend": "llamacpp", "model": {"name": str(f16_gguf_path())}})).server
+    try:
+        out = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "generate", "--backend", "llamacpp", "--model-path",
+                              str(f16_gguf_path()), "--prompt", "The capital of France is", "--max-tokens", "8",
+                              "--temperature", "0", "--stream"], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert f"Reused {running.name}" in out.stderr and "Paris" in out.stdout
+        assert registry.get(running.name).pid == running.pid and running.main_alive()  # left running: not ours
+    finally:
+        stop_server(running.name)
