@@ -246,3 +246,24 @@ def test_a_server_bound_beyond_loopback_says_what_it_exposes():
     assert "every machine that reaches this one" in ServeResult(server, "Launched").describe()
     server = StandInProcess("standin-model", name="private", port=free_port())
     assert "every machine" not in ServeResult(server, "Launched").describe()
+
+
+def test_quantization_choices_are_the_installed_vllms_and_null_means_none():
+    import importlib.util
+
+    from mixvllm_nb.config import config_from_dict
+    from mixvllm_nb.config.schema import quantization_methods
+    from mixvllm_nb.errors import ConfigError
+
+    assert config_from_dict({"inference": {"quantization": "null"}}).inference.quantization is None
+    if importlib.util.find_spec("vllm") is not None:  # vLLM 0.32 knows gptq_marlin and dropped squeezellm
+        assert "gptq_marlin" in quantization_methods() and "squeezellm" not in quantization_methods()
+        assert config_from_dict({"inference": {"quantization": "gptq_marlin"}}).inference.quantization == "gptq_marlin"
+        with pytest.raises(ConfigError, match="inference.quantization: allowed: 'awq'"):
+            config_from_dict({"inference": {"quantization": "squeezellm"}})
+    else:
+        assert quantization_methods() == ("awq", "gptq", "fp8", "squeezellm")
+    out = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "--dry-run", "--backend", "vllm", "--model", "org/m",
+                          "--quantization", "null"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "quantization: null" in out.stdout and "--quantization" not in out.stdout.split("# launch command")[1]

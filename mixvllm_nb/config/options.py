@@ -74,6 +74,7 @@ def _declared(model: type[BaseModel], prefix: str = "") -> list[Option]:
         flags = extra.get("flags")
         if flags:
             kind, choices = value_type(annotation)
+            choices = tuple(extra.get("choices", ())) or choices
             found.append(Option(f"{prefix}{name}", tuple(flags), kind, info.description or "", choices))
     return found
 

@@ -8,7 +8,10 @@ The YAML schema is the models' own: ``model``, ``inference``, ``server``, ``gene
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,7 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16", "half", "float"]
-Quantization = Literal["awq", "gptq", "squeezellm", "fp8"]
+Quantization = str  # one of quantization_methods(): the installed vLLM's own list
+# What vLLM accepted for years; the list of the vLLM installed here (read from its source) replaces it.
+_KNOWN_QUANTIZATIONS = ("awq", "gptq", "fp8", "squeezellm")
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16"]
 PositiveInt = Annotated[int, Field(ge=1)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -24,11 +29,34 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
+@functools.cache
+def quantization_methods() -> tuple[str, ...]:
+    """Return the ``--quantization`` methods the installed vLLM accepts, read from its source without importing it
+    (importing vLLM takes seconds); without vLLM, the methods vLLM has long known."""
+    spec = importlib.util.find_spec("vllm")  # finds the package without running it
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        source = Path(folder) / "model_executor" / "layers" / "quantization" / "__init__.py"
+        try:
+            tree = ast.parse(source.read_text())
+        except (OSError, SyntaxError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "QuantizationMethods":
+                names = [elt.value for elt in getattr(node.value.slice, "elts", [])
+                         if isinstance(elt, ast.Constant) and isinstance(elt.value, str)]
+                if names:
+                    return tuple(names)
+    return _KNOWN_QUANTIZATIONS
+
+
 def option(default: Any = None, description: str = "", *, flag: str | tuple[str, ...] | None = None,
-           **constraints: Any) -> Any:
-    """Return a pydantic ``Field`` that also declares its command-line flag(s), first one shown in help."""
-    extra = {"flags": [flag] if isinstance(flag, str) else list(flag)} if flag else None
-    return Field(default, description=description, json_schema_extra=extra, **constraints)
+           choices: tuple[str, ...] = (), **constraints: Any) -> Any:
+    """Return a pydantic ``Field`` that also declares its command-line flag(s), first one shown in help, and
+    its choices when they are not a ``Literal`` (a list known only at run time)."""
+    extra: dict[str, Any] = {"flags": [flag] if isinstance(flag, str) else list(flag)} if flag else {}
+    if choices:
+        extra["choices"] = list(choices)
+    return Field(default, description=description, json_schema_extra=extra or None, **constraints)
 
 
 class _Section(BaseModel):
@@ -77,7 +105,8 @@ class InferenceConfig(_Section):
         None, "longest prompt + answer in tokens (default: the model's)", flag="--max-model-len")
     dtype: Dtype | None = option(
         None, "weights and activations dtype (default: float32 on CPU, auto on GPU)", flag="--dtype")
-    quantization: Quantization | None = option(None, "pre-quantized weights format", flag="--quantization")
+    quantization: Quantization | None = option(
+        None, "pre-quantized weights format (null: none)", flag="--quantization", choices=quantization_methods())
     kv_cache_dtype: KVCacheDtype = option("auto", "KV cache element type", flag="--kv-cache-dtype")
     max_num_seqs: PositiveInt | None = option(None, "most sequences in one batch", flag="--max-num-seqs")
     max_num_batched_tokens: PositiveInt | None = Field(
@@ -88,6 +117,15 @@ class InferenceConfig(_Section):
     )
     cpu_kv_cache_gib: int = option(
         1, "KV cache size on CPU in whole GiB (VLLM_CPU_KVCACHE_SPACE)", flag="--cpu-kv-cache-gib", ge=1, le=4096)
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _known_quantization(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("null", "none", ""):
+            return None  # `--quantization null` from a command line
+        if value is not None and value not in quantization_methods():
+            raise ValueError("allowed: " + ", ".join(repr(name) for name in quantization_methods()))
+        return value
 
 
 class EndpointConfig(_Section):

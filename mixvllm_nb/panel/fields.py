@@ -69,6 +69,8 @@ def field_widget(path: str, label: str, *, default_label: str = "default") -> wi
     info = model.model_fields[leaf]
     help_text = info.description or ""
     kind, choices = value_type(info.annotation)
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    choices = tuple(extra.get("choices", ())) or choices
     option = Option(path, (f"--{leaf}",), kind, help_text, choices)
     default = info.default
     if option.kind is bool:
