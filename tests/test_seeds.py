@@ -105,3 +105,13 @@ def test_seed_004s_one_off_generate_uses_a_running_server_of_the_same_config():
         assert registry.get(running.name).pid == running.pid and running.main_alive()  # left running: not ours
     finally:
         stop_server(running.name)
+
+
+def test_generation_defaults_reach_sglang_too():
+    # SGLang does not install here: its command carries the defaults as its --preferred-sampling-params.
+    server = create_server("sglang", "org/model", port=8302, temperature=0.7, max_tokens=512, top_p=0.9, top_k=40)
+    command = server.get_launch_command()
+    import json
+
+    assert json.loads(command[command.index("--preferred-sampling-params") + 1]) == {
+        "temperature": 0.7, "max_new_tokens": 512, "top_p": 0.9, "top_k": 40}

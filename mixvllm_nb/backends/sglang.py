@@ -8,11 +8,13 @@ on loopback binding (and on the authenticated Jupyter proxy for remote access).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
 from .args import with_extra_args
 from .base import InferenceServer
+from .vllm import generation_config_override
 
 # Flags the user may not pass: the key travels in the environment, the address is ours to choose.
 PINNED_FLAGS = ("--api-key", "--host", "--port")
@@ -72,6 +74,9 @@ class SGLangServer(InferenceServer):
             cmd += ["--max-running-requests", str(inf.max_num_seqs)]
         if inf.enforce_eager:
             cmd.append("--disable-cuda-graph")
+        defaults = generation_config_override(cfg.generation_defaults.as_request_params())
+        if defaults:  # SGLang's defaults for every request (sampling params: max_tokens is max_new_tokens)
+            cmd += ["--preferred-sampling-params", json.dumps(defaults, sort_keys=True)]
         return with_extra_args(cmd, cfg.extra_args, pinned=PINNED_FLAGS)
 
     def list_endpoints(self) -> dict[str, str]:
