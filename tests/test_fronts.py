@@ -267,3 +267,13 @@ def test_quantization_choices_are_the_installed_vllms_and_null_means_none():
                           "--quantization", "null"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "quantization: null" in out.stdout and "--quantization" not in out.stdout.split("# launch command")[1]
+
+
+def test_import_and_load_ext_import_no_heavy_module():
+    code = ("import sys, mixvllm_nb\n"
+            "from IPython.testing.globalipapp import start_ipython\n"
+            "start_ipython().run_line_magic('load_ext', 'mixvllm_nb')\n"
+            "print(sorted(m for m in ('torch', 'vllm', 'transformers', 'openai', 'pydantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"  # pydantic too: magic arguments are built on first use
