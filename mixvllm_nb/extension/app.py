@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING
 
 from jupyter_server.extension.application import ExtensionApp
 
+from .adapters_handlers import AdapterHandler, AdaptersHandler
 from .api_handlers import ServerHandler, ServersHandler
 from .base import ExtensionState, MixVLLM
+from .garden import garden_routes
+from .openapi import OpenAPIHandler
 from .proxy import ProxyHandler
 from .terminals import ServerTerminalHandler
 
@@ -24,11 +27,15 @@ NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
 def routes() -> list[tuple[str, type]]:
     """Return the URL patterns of the extension (Jupyter puts its base URL in front)."""
     return [
+        (r"/mixvllm/api/openapi.json", OpenAPIHandler),
         (r"/mixvllm/api/servers", ServersHandler),
         (rf"/mixvllm/api/servers/{NAME}", ServerHandler),
         (rf"/mixvllm/api/servers/{NAME}/terminal", ServerTerminalHandler),
+        (rf"/mixvllm/api/servers/{NAME}/adapters", AdaptersHandler),
+        (rf"/mixvllm/api/servers/{NAME}/adapters/(?P<adapter>[A-Za-z0-9][A-Za-z0-9_.-]{{0,63}})", AdapterHandler),
         # Any path under a server reaches the handler, so that refused ones get our JSON 404.
         (rf"/mixvllm/servers/{NAME}/(?P<path>.*)", ProxyHandler),
+        *garden_routes(),  # seed 004's model-garden API, at /mixvllm/garden
     ]
 
 

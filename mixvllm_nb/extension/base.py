@@ -38,6 +38,12 @@ class MixVLLM(Configurable):
         help="Largest request body the proxy forwards, in bytes; a bigger one is answered 413 "
         "before anything reaches the model server.",
     )
+    garden_max_body_bytes = Int(
+        64 * 2**20,
+        config=True,
+        help="Largest request body the model-garden routes (generate, chat) accept, in bytes. Images travel in "
+        "it as base64 (a 10 MB image is ~13.4 MB), so the default takes four; a bigger body is answered 413.",
+    )
     retry_after = Int(
         5, config=True, help="Seconds a client is told to wait (Retry-After) while a server is starting."
     )
