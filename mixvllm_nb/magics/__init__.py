@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .adapters import AdapterMagics
 from .chat import ChatMagics
 from .serving import ServingMagics
 from .tools import ToolMagics
 
-MAGIC_CLASSES = (ServingMagics, ChatMagics, ToolMagics)
+MAGIC_CLASSES = (ServingMagics, ChatMagics, ToolMagics, AdapterMagics)
 _QUESTION_MAGIC = re.compile(r"^(\s*)%(vllm_chat|vllm_generate)\b(.*\?)\s*$")
 
 

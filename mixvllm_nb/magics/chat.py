@@ -106,6 +106,7 @@ class ChatMagics(Magics):
     @line_cell_magic
     @magic_command(chat_arguments)
     @argument("--server", help="server name (default: the newest)")
+    @argument("--model", help="model or LoRA adapter to answer, by its served name (default: the server's model)")
     @argument("--system", help="system prompt (kept for the conversation)")
     @argument("--new", action="store_true", help="start a new conversation")
     @argument("--image", action="append", help="image file or URL for vision models (repeatable)")
@@ -137,7 +138,7 @@ class ChatMagics(Magics):
         client = openai_client(server.base_url, server.api_key)
         stats = StreamStats()
         try:
-            pieces = chat_turn(client, server.served_model_name, conversation, text, images=args.image,
+            pieces = chat_turn(client, args.model or server.served_model_name, conversation, text, images=args.image,
                                stats=stats, **sampling_of(args), **extra)
             answer = print_stream(pieces, stats)
         except MixVLLMError:
