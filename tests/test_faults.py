@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -391,6 +392,7 @@ def test_a_clock_step_neither_stops_nor_reports_dead_a_running_servers_heartbeat
     # running server, which tells vLLM's engine children alive by their identity, is covered here.
     assert vllm_server.engine_pids, "the heartbeat watches no engine process: nothing to check"
     engine = next(iter(vllm_server.engine_pids))
+    time.sleep(vllm_server.config.heartbeat_interval + 0.5)  # a heartbeat before the step, one that knew the old time
     before = psutil.Process(engine).create_time()
     real = psutil._pslinux.boot_time()
     monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: real + 1.0)
@@ -398,6 +400,8 @@ def test_a_clock_step_neither_stops_nor_reports_dead_a_running_servers_heartbeat
     # The step is real for psutil: compared to 0.01 s, every engine process would now be "another one".
     assert psutil.Process(engine).create_time() - before == pytest.approx(1.0, abs=1e-3)
     time.sleep(3 * vllm_server.config.heartbeat_interval + 1)  # three heartbeats after the step
+    heartbeat = f"mixvllm-heartbeat-{vllm_server.name}"
+    assert any(t.name == heartbeat for t in threading.enumerate()), "the heartbeat stopped: nobody would notice a crash"
     assert vllm_server.state == "ready", vllm_server.error
     assert all(_alive(pid) for pid in vllm_server.engine_pids)
     view = server_view(registry.get(vllm_server.name), vllm_server)
