@@ -60,18 +60,9 @@ def _alive(pid: int) -> bool:
 
 def _watchdogs_of(owner_pid: int) -> list[int]:
     """Return the pids of the watchdogs ``owner_pid`` started (its children running the watchdog module)."""
-    try:
-        children = psutil.Process(owner_pid).children()
-    except psutil.Error:
-        return []
-    found = []
-    for child in children:
-        try:
-            if WATCHDOG_MODULE in child.cmdline():
-                found.append(child.pid)
-        except psutil.Error:
-            pass
-    return found
+    children = {child.pid for child in psutil.Process(owner_pid).children()}
+    return [p.pid for p in psutil.process_iter(["cmdline"])  # process_iter: a child that just left is skipped
+            if p.pid in children and WATCHDOG_MODULE in (p.info["cmdline"] or [])]
 
 
 def _leftovers(records: list[registry.ServerRecord], watchdogs: list[int]) -> dict[str, list]:
@@ -89,10 +80,6 @@ def _live_record(record: registry.ServerRecord) -> bool:
     """True when this server's record is left and does not read as ended (an ended one may stay, saying so)."""
     now = registry.get(record.name, missing_ok=True)
     return now is not None and now.marker == record.marker and not server_view(now)["dead"]
-
-
-def _nothing_left(leftovers: dict[str, list]) -> bool:
-    return not any(leftovers.values())
 
 
 def _cleanup(*names: str) -> None:
@@ -156,7 +143,7 @@ def test_a_sigkilled_jupyter_server_takes_its_servers_along_but_not_a_detached_o
             killed_at = time.monotonic()
             # At once, before the watchdog has acted: the owner's identity says the owned one is doomed.
             assert orphaned(owned) and not orphaned(detached)
-            gone = _wait(lambda: _nothing_left(_leftovers([owned], watchdogs)), 10)
+            gone = _wait(lambda: not any(_leftovers([owned], watchdogs).values()), 10)
             took = time.monotonic() - killed_at
             print(f"\nowned server gone {took:.1f} s after the Jupyter server's SIGKILL")
             assert gone, f"10 s after the SIGKILL: {_leftovers([owned], watchdogs)}"
@@ -167,7 +154,7 @@ def test_a_sigkilled_jupyter_server_takes_its_servers_along_but_not_a_detached_o
             assert models.status_code == 200 and models.json()["data"][0]["id"] == DEFAULT_MODEL_ID
             report = stop_record(registry.get("jp-detached"), grace=10)
             assert report.clean, report.summary()
-            assert _nothing_left(_leftovers([detached], []))
+            assert not any(_leftovers([detached], []).values())
         finally:
             _cleanup("jp-owned", "jp-detached")
 
@@ -251,13 +238,12 @@ def test_twenty_kernels_sigkilled_after_serving_leave_nothing(capsys):
             records.append(record)
             watchdogs += _watchdogs_of(kernel.pid)
             assert len(watchdogs) == cycle + 1, f"cycle {cycle}: one watchdog per served kernel"
-            if records[:-1]:  # the last kernel's server went with it, before this one started
-                assert _nothing_left(_leftovers(records[:-1], watchdogs[:-1])), (cycle, _leftovers(records[:-1],
-                                                                                                   watchdogs[:-1]))
+            earlier = _leftovers(records[:-1], watchdogs[:-1])  # the last kernel's server went with it
+            assert not any(earlier.values()), (cycle, earlier)
             os.kill(kernel.pid, signal.SIGKILL)
             durations.append(time.monotonic() - began)
         killed_at = time.monotonic()
-        assert _wait(lambda: _nothing_left(_leftovers(records, watchdogs)), 10), _leftovers(records, watchdogs)
+        assert _wait(lambda: not any(_leftovers(records, watchdogs).values()), 10), _leftovers(records, watchdogs)
         last_gone = time.monotonic() - killed_at
     finally:
         kernel.client.stop_channels()
