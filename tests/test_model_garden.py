@@ -234,12 +234,15 @@ async def test_seed_client_against_real_vllm(fetch, token, vllm_server, jp_http_
 
     from conftest import SHARED_GENERATION_DEFAULTS
 
-    # The shared server's config: the garden uses it rather than loading the model a second time.
-    load = {"generation_defaults": SHARED_GENERATION_DEFAULTS}
+    # The shared server's config, so the garden uses it rather than loading the model a second time. Its
+    # model by path: pytest-jupyter gives Jupyter another HOME, where "the default model" is another folder.
+    model = {"name": vllm_server.config.model.name, "served_model_name": vllm_server.served_model_name}
+    load = {"model": model, "generation_defaults": SHARED_GENERATION_DEFAULTS}
     loaded = json.loads((await fetch(f"{G}/inference/load", "POST", json.dumps(load), auth(token))).body)
-    assert loaded["is_loaded"] and loaded["server"]["name"] == vllm_server.name
+    assert loaded["is_loaded"] and loaded["outcome"] == "Reused", loaded
+    assert loaded["server"]["name"] == vllm_server.name
     status = json.loads((await fetch(f"{G}/inference/status", headers=auth(token))).body)
-    assert status["is_loaded"] and status["model_path"] == vllm_server.model
+    assert status["is_loaded"] and status["model_path"] == vllm_server.config.model.name
     body = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0.0}
     answer = json.loads((await fetch(f"{G}/inference/generate", "POST", json.dumps(body), auth(token))).body)
     assert "Paris" in answer["text"], answer
