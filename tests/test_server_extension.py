@@ -429,12 +429,15 @@ async def test_stopping_the_extension_stops_its_own_servers_and_closes_its_clien
                            auth(token))
     assert owned.code == detached.code == 202
     pids = {name: registry.get(name).pid for name in bodies}
-    state = jp_serverapp.web_app.settings["mixvllm"]
-    assert state.http is not None  # the upstream client, created on first use
+    from mixvllm_nb.extension import upstream
+
+    await fetch("mixvllm/servers/owned-by-jupyter/v1/models", headers=auth(token))  # may keep a connection idle
     app = jp_serverapp.extension_manager.extension_apps["mixvllm_nb"]
     try:
         await next(iter(app)).stop_extension()
-        assert state._http is None  # closed
+        import asyncio
+
+        assert not upstream._IDLE.get(asyncio.get_running_loop())  # no kept-alive upstream connection left open
         assert registry.get("owned-by-jupyter", missing_ok=True) is None
         gone = psutil.pid_exists(pids["owned-by-jupyter"]) is False or \
             psutil.Process(pids["owned-by-jupyter"]).status() == psutil.STATUS_ZOMBIE

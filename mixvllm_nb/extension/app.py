@@ -15,6 +15,7 @@ from .garden import garden_routes
 from .openapi import OpenAPIHandler
 from .proxy import ProxyHandler
 from .terminals import ServerTerminalHandler
+from .upstream import close_idle_connections
 
 if TYPE_CHECKING:
     from ..backends.base import InferenceServer
@@ -61,11 +62,11 @@ class MixVLLMApp(ExtensionApp):
         self.handlers.extend(routes())
 
     async def stop_extension(self) -> None:
-        """Close the HTTP client and stop the servers this Jupyter server owns (not the detached ones)."""
+        """Close the upstream connections and stop the servers this Jupyter server owns (not the detached ones)."""
         state: ExtensionState | None = self.settings.get("mixvllm")
         if state is None:
             return
-        await state.close()
+        close_idle_connections()  # the proxy's kept-alive upstream connections
         owned = [server for server in state.servers.values() if not server.detach and server.state.live]
         if owned:
             loop = asyncio.get_running_loop()

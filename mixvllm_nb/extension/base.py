@@ -67,29 +67,6 @@ class ExtensionState:
     config: MixVLLM
     # Servers this Jupyter server launched: holding them keeps their heartbeat objects alive.
     servers: dict[str, Any] = field(default_factory=dict)
-    _http: Any = None
-
-    @property
-    def http(self) -> Any:
-        """Return the shared async HTTP client for upstream requests (created on first use)."""
-        if self._http is None:
-            import httpx
-
-            # No keep-alive: a pooled connection outlives the event loop it was opened on (each
-            # test, and each Jupyter restart, gets a new loop); a loopback connect costs ~0.1 ms.
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=self.config.connect_timeout, read=None, write=60.0, pool=60.0),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-                follow_redirects=False,
-                trust_env=False,  # an HTTP(S)_PROXY of the user's shell must not see local traffic
-            )
-        return self._http
-
-    async def close(self) -> None:
-        """Close the upstream HTTP client (the extension is stopping)."""
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
 
 
 class OpenAIError(web.HTTPError):
