@@ -189,6 +189,35 @@ async def test_load_reuses_then_unload_stops_a_real_process(fetch, token):
     assert gone.code == 404 and error_of(gone)["code"] == "model_not_loaded"
 
 
+async def test_two_loads_at_once_start_one_server(fetch, token):
+    try:
+        first, second = await asyncio.gather(*(fetch(f"{G}/inference/load", "POST", json.dumps(STANDIN_LOAD),
+                                                     auth(token)) for _ in range(2)))
+        answers = [json.loads(first.body), json.loads(second.body)]
+        assert sorted(a["outcome"] for a in answers) == ["Launched", "Reused"], answers
+        assert all(a["is_loaded"] for a in answers)  # the reuser waited for the load too
+        assert {a["server"]["pid"] for a in answers} == {registry.get("garden").pid}
+    finally:
+        await fetch(f"{G}/inference/unload", "POST", "{}", auth(token))
+    assert registry.get("garden", missing_ok=True) is None
+
+
+async def test_a_client_that_leaves_a_generate_stream_stops_the_upstream(fetch, jp_http_port, jp_base_url, token):
+    with registered_upstream("garden", api_key=KEY, events=3, interval=5.0) as slow:
+        reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
+        body = json.dumps({"prompt": "x", "stream": True}).encode()
+        writer.write(f"POST {jp_base_url}{G}/inference/generate HTTP/1.1\r\nHost: localhost\r\n"
+                     f"Authorization: token {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        received = b""
+        while b'"text": "tok0 "' not in received:
+            received += await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+        hit = slow.hits[0]
+        # The next event is 5 s away: only a cancelled upstream request (not a failed write) ends it sooner.
+        assert await asyncio.to_thread(hit.ended.wait, 2.5) and hit.client_left
+
+
 async def test_load_of_a_config_already_served_uses_that_server_and_unload_leaves_it_running(fetch, token):
     kernel_side = StandInProcess(STANDIN_MODEL, name="kernel-side", port=free_port()).start()
     try:
@@ -256,6 +285,10 @@ async def test_seed_client_against_real_vllm(fetch, token, vllm_server, jp_http_
     reply = await asyncio.to_thread(lambda: client.chat.completions.create(
         model="my-model", messages=[{"role": "user", "content": "What is machine learning?"}], max_tokens=8))
     assert reply.choices[0].message.content and reply.usage.completion_tokens == 8
+    stream = await asyncio.to_thread(lambda: list(client.chat.completions.create(
+        model="my-model", messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=8, stream=True)))
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert [c.choices[0].finish_reason for c in stream if c.choices][-1] == "length"
     unloaded = json.loads((await fetch(f"{G}/inference/unload", "POST", "{}", auth(token))).body)
     assert f"let go of {vllm_server.name}" in unloaded["message"]
     assert vllm_server.is_ready()  # the session's server was only let go of
