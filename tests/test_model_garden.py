@@ -241,13 +241,25 @@ async def test_load_of_a_config_already_served_uses_that_server_and_unload_leave
 async def test_load_refuses_what_the_servers_api_refuses(fetch, token):
     cases = [({**STANDIN_LOAD, "env_vars": {"LD_PRELOAD": "/tmp/x.so"}}, "env_vars.LD_PRELOAD"),
              ({**STANDIN_LOAD, "name": "other"}, "server.name"),
-             ({**STANDIN_LOAD, "tensor_parallel_size": 0}, "tensor_parallel_size")]
+             ({**STANDIN_LOAD, "tensor_parallel_size": 0}, "tensor_parallel_size"),
+             ({**STANDIN_LOAD, "model_path": "./models/my-model"}, "model_path: './models/my-model' does not exist")]
     for body, field in cases:
         response = await fetch(f"{G}/inference/load", "POST", json.dumps(body), auth(token))
         assert response.code == 400, body
         error = error_of(response)
         assert error["code"] == "invalid_config" and field in error["message"], error
     assert registry.get("garden", missing_ok=True) is None
+
+
+async def test_a_relative_model_path_is_a_folder_under_jupyters_root(fetch, token, jp_root_dir):
+    (jp_root_dir / "models" / "my-model").mkdir(parents=True)
+    body = {**STANDIN_LOAD, "model_path": "./models/my-model"}
+    try:
+        loaded = await fetch(f"{G}/inference/load", "POST", json.dumps(body), auth(token))
+        assert loaded.code == 200, loaded.body
+        assert json.loads(loaded.body)["model_path"] == str((jp_root_dir / "models" / "my-model").resolve())
+    finally:
+        await fetch(f"{G}/inference/unload", "POST", "{}", auth(token))
 
 
 @pytest.mark.parametrize("jupyter_overrides", [{"ServerApp": {"authorizer_class": DenyKernels}}])

@@ -62,16 +62,18 @@ def garden_config(body: dict[str, Any], root: Path) -> ServeConfig:
     """Return the garden server's config from a load body (seed 004's flat one, or any accepted schema).
 
     A relative ``model_path`` that exists under Jupyter's root folder is that folder (the engine does not
-    run there); anything else (a hub id) is passed on as it is.
+    run there); one written as a path (``./``, ``../``, ``/``, ``~``) must exist; anything else is a hub id.
     """
     body = dict(body)
     path = body.get("model_path")
     if isinstance(path, str) and path.strip():
         where = Path(path).expanduser()
-        if not where.is_absolute() and (root / where).exists():
-            body["model_path"] = str((root / where).resolve())
-        elif where.is_absolute() or path.startswith("~"):
-            body["model_path"] = str(where)
+        found = where if where.is_absolute() else root / where
+        if found.exists():
+            body["model_path"] = str(found.resolve())
+        elif path.startswith((".", "/", "~")):
+            raise ConfigError(f"model_path: {path!r} does not exist (relative paths are under Jupyter's root "
+                              f"folder, {root}); give an existing folder or a Hugging Face model id")
     config = config_from_dict(body, source="request body")
     if config.server.name not in (None, GARDEN):
         raise ConfigError(f"server.name: the garden serves one model, named {GARDEN!r}; leave the name out "
