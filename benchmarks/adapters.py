@@ -77,7 +77,8 @@ def main() -> None:
     print(f"making {len(folders)} adapters ...", flush=True)
     subprocess.run([sys.executable, "-c", MAKE, base, *map(str, folders)], check=True)
 
-    samples: dict[str, dict[str, list[float]]] = {"switch (load + first answer)": {"seconds": []},
+    samples: dict[str, dict[str, list[float]]] = {"switch (load + first answer)": {"seconds": [], "load_s": [],
+                                                                                   "next_answer_s": []},
                                                   "restart with --lora-modules": {"seconds": []}}
     print("starting the running server ...", flush=True)
     server = server_for_config(config("bench-lora")).start()
@@ -87,8 +88,13 @@ def main() -> None:
             name = f"switch{i}"
             start = time.perf_counter()
             load_adapter(server, name, folders[i])
+            loaded = time.perf_counter()
             first_answer(server, name, args.max_tokens)
             samples["switch (load + first answer)"]["seconds"].append(time.perf_counter() - start)
+            samples["switch (load + first answer)"]["load_s"].append(loaded - start)
+            start = time.perf_counter()
+            first_answer(server, name, args.max_tokens)  # the same request again: what the answer itself costs
+            samples["switch (load + first answer)"]["next_answer_s"].append(time.perf_counter() - start)
             unload_adapter(server, name)
             print(f"switch {i}: {samples['switch (load + first answer)']['seconds'][-1]:.2f} s", flush=True)
     finally:
