@@ -13,10 +13,12 @@ import time
 
 import psutil
 import pytest
+from device_expectations import GPU_PLAN_TOLERANCE, on_gpu, own_server_flags, shared_kv_tokens
 from kernel_helpers import Kernel
 
 from conftest import marked_alive
 from mixvllm_nb.process import registry
+from mixvllm_nb.process.stopping import stop_named
 
 pytestmark = pytest.mark.vllm  # a real engine in every test
 
@@ -97,7 +99,7 @@ def test_status_list_and_logs(kernel, vllm_server):
     status = kernel.run("%vllm_status shared")
     assert status.error is None, status.error
     html = status.data("text/html")[0]
-    assert "shared" in html and "ready" in html and "23,296" in html
+    assert "shared" in html and "ready" in html and f"{shared_kv_tokens(vllm_server.log_path):,}" in html
     listing = kernel.run("%vllm_list")
     assert "shared" in listing.result and "ready" in listing.result
     logs = kernel.run("%vllm_logs shared -n 5")
@@ -157,24 +159,34 @@ def test_no_wait_progress_then_restart_stops_it_and_detach_survives(tmp_path):
     k = Kernel()
     try:
         k.run("%load_ext mixvllm_nb")
-        cell = k.run("srv = %vllm_serve --name kernel-owned --no-wait")
+        cell = k.run(f"srv = %vllm_serve --name kernel-owned --no-wait{own_server_flags()}")
         assert cell.error is None, cell.error
         assert "Launched kernel-owned" in cell.stdout
         other = k.run("print(1 + 1)")  # the kernel is free while the server starts
         assert other.stdout.strip() == "2"
-        updates = []
-        assert _wait(lambda: (updates.extend(m for m in k.drain(1) if m["msg_type"] == "update_display_data")
-                              or registry.get("kernel-owned").state == "ready"), 240, 0)
-        phases = " ".join(m["content"]["data"].get("text/html", "") for m in updates)
-        assert "ready" in phases or registry.get("kernel-owned").state == "ready"
-        assert len(updates) > 1  # progress kept updating in the cell's output
+        shown: list[str] = []  # the phases the cell's progress display showed, in order
+
+        def last_phase() -> str:
+            for message in k.drain(1):
+                if message["msg_type"] == "update_display_data":
+                    html = message["content"]["data"].get("text/html", "")
+                    shown.append(html.split("</b>: ", 1)[1].split("<", 1)[0] if "</b>: " in html else html)
+            return shown[-1] if shown else ""
+
+        # The progress keeps updating in the cell's output until the server is ready, and then says so. The
+        # wait is the server's own start-up timeout (600 s): on a busy machine a start can take minutes.
+        assert _wait(lambda: last_phase().startswith("ready"), 600, 0), shown[-3:]
+        assert any(not phase.startswith("ready") for phase in shown), shown  # it showed the phases before
+        # The kernel's heartbeat writes the registry's record on its next beat.
+        assert _wait(lambda: registry.get("kernel-owned").state == "ready", 30)
         owned = registry.get("kernel-owned")
-        detached_cell = k.run("%vllm_serve --name kernel-detached --detach --max-model-len 2048")
+        detached_cell = k.run(f"%vllm_serve --name kernel-detached --detach --max-model-len 2048{own_server_flags()}")
         assert "kernel-detached" in detached_cell.stdout, detached_cell.error
         detached = registry.get("kernel-detached")
         k.restart()
         assert _wait(lambda: not marked_alive(owned.marker), 30), "restart left the owned server running"
-        assert registry.get("kernel-owned", missing_ok=True) is None
+        # Its record goes once the stop has verified the port free, a moment after the processes.
+        assert _wait(lambda: registry.get("kernel-owned", missing_ok=True) is None, 30)
         assert registry.get("kernel-detached").process_alive()
         k.run("%load_ext mixvllm_nb")
         stop = k.run("%vllm_stop kernel-detached")
@@ -182,20 +194,20 @@ def test_no_wait_progress_then_restart_stops_it_and_detach_survives(tmp_path):
         assert marked_alive(detached.marker) == []
     finally:
         k.shutdown()
+        if registry.get("kernel-detached", missing_ok=True) is not None:  # the test failed before its stop
+            stop_named("kernel-detached")
 
 
 def test_kernel_sigkill_stops_its_server_within_10s():
     k = Kernel()
     try:
         k.run("%load_ext mixvllm_nb")
-        cell = k.run("%vllm_serve --name sigkill-owned --max-model-len 4096")
+        cell = k.run(f"%vllm_serve --name sigkill-owned --max-model-len 4096{own_server_flags()}")
         assert cell.error is None, cell.error
         record = registry.get("sigkill-owned")
         assert record.state == "ready"
         psutil.Process(k.pid).send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        assert _wait(lambda: not marked_alive(record.marker), 10), "server outlived its SIGKILLed kernel"
-        assert time.monotonic() - killed <= 10
+        assert _wait(lambda: not marked_alive(record.marker), 10), "server outlived its SIGKILLed kernel by 10 s"
         assert _wait(lambda: registry.get("sigkill-owned", missing_ok=True) is None, 5)
     finally:
         k.client.stop_channels()
@@ -205,7 +217,12 @@ def test_kernel_sigkill_stops_its_server_within_10s():
 def test_plan_magic_matches_vllm_and_advises_when_it_does_not_fit(kernel, vllm_server):
     here = kernel.run("%vllm_plan")
     assert here.error is None, here.error
-    assert "23,296 tokens" in here.result  # what the shared server logged at 1 GiB, float32
+    planned = int(re.search(r"([\d,]+) tokens \([\d,]+ blocks", here.result).group(1).replace(",", ""))
+    logged = shared_kv_tokens(vllm_server.log_path)
+    if on_gpu():  # the GPU overhead is an estimate
+        assert abs(planned - logged) <= GPU_PLAN_TOLERANCE * logged, (planned, logged)
+    else:  # exact on the CPU: what the shared server logged at 1 GiB, float32
+        assert planned == logged
     config = __import__("pathlib").Path(__file__).parent / "data" / "model_configs" / "llama-3.1-70b.json"
     big = kernel.run(f"%vllm_plan {config} --gpu 'RTX 4090' --dtype bfloat16")
     assert big.error is None, big.error
