@@ -20,7 +20,8 @@ HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # The table's order; result files not named here follow in alphabetical order.
-ORDER = ["startup", "load_ext", "serving", "proxy_vllm", "proxy_synthetic", "quickstart_memory", "gpu_detection"]
+ORDER = ["startup", "load_ext", "serving", "proxy_vllm", "proxy_synthetic", "proxy_synthetic_burst", "structured_output",
+         "adapters", "quickstart_memory", "gpu_detection"]
 NOT_BENCHMARKS = {"_results.py", "readme_table.py"}
 
 
@@ -50,16 +51,19 @@ def rows() -> list[str]:
     covered = set()
     for name in names:
         data = files[name]
+        covered.update(re.findall(r"(\w+\.py)", data.get("command", "")))
         missing = [key for key in ("what", "result") if not data.get(key)]
-        if missing:
+        if missing:  # said in the table too, so that a row never goes missing unnoticed
             print(f"readme_table: results/{name}.json has no {' or '.join(missing)}: save it through "
-                  "benchmarks/_results.save; left out of the table", file=sys.stderr)
+                  "benchmarks/_results.save", file=sys.stderr)
+            lines.append(f"| `{name}` | | results/{name}.json has no {' or '.join(missing)} (not saved through "
+                         f"benchmarks/_results.save) | {_cell(_machine(data))} |")
             continue
         lines.append(f"| {_cell(data.get('title') or name)} | {_cell(data['what'])} | {_cell(data['result'])} | "
                      f"{_cell(_machine(data))} |")
-        covered.update(re.findall(r"benchmarks/(\w+\.py)", data.get("command", "")))
     for script in sorted(HERE.glob("*.py")):
-        if script.name not in NOT_BENCHMARKS and script.name not in covered:
+        runnable = '__name__ == "__main__"' in script.read_text()  # not a module another benchmark imports
+        if runnable and script.name not in NOT_BENCHMARKS and script.name not in covered:
             lines.append(f"| `{script.name}` | {_cell(_docline(script))} | no result file yet: "
                          f"`python benchmarks/{script.name}` writes one | |")
     return lines
