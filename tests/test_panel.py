@@ -80,16 +80,17 @@ def test_throttle_limits_the_rate_and_always_shows_the_last_value():
 
 
 def test_throttle_timer_delivers_a_pending_value_without_a_new_update():
-    # The clock is stood in for, so "within the interval" never depends on how busy the machine is; only the
-    # timer's real wait (0.05 s) runs, and the test waits for its result instead of sleeping a guess.
+    # The clock is stood in for, so "within the interval" never depends on how busy the machine is. Only the
+    # timer waits in real time: 1 s, so that a stalled test thread cannot see it fire early, and the test
+    # waits for its result instead of sleeping a guess.
     clock, shown = FakeClock(), []
-    throttle = Throttle(shown.append, 0.05, clock=clock)
+    throttle = Throttle(shown.append, 1.0, clock=clock)
     throttle.update(1)
     throttle.update(2)
     throttle.update(3)
     assert shown == [1]
     assert _wait(lambda: shown == [1, 3], timeout=30), shown  # the timer showed the newest pending value
-    clock.now += 0.05
+    clock.now += 1.0
     throttle.update(4)  # the interval is over: shown at once
     assert shown == [1, 3, 4]
     with pytest.raises(ValueError, match="interval"):
@@ -98,15 +99,15 @@ def test_throttle_timer_delivers_a_pending_value_without_a_new_update():
 
 def test_throttle_cancel_drops_the_pending_value():
     clock, shown = FakeClock(), []
-    throttle = Throttle(shown.append, 0.05, clock=clock)
+    throttle = Throttle(shown.append, 1.0, clock=clock)
     throttle.update(1)
     throttle.update(2)  # pending, its timer started
     throttle.cancel()
     throttle.flush()  # nothing pending any more: nothing to show
     assert shown == [1] and throttle.calls == 1
-    time.sleep(0.3)  # six intervals: a timer that survived the cancel would have fired (it can only fire late)
+    time.sleep(1.5)  # past the interval: a timer that survived the cancel would have fired (a timer is never early)
     assert shown == [1]
-    clock.now += 0.05
+    clock.now += 1.0
     throttle.update(5)
     assert shown == [1, 5]
 
