@@ -86,10 +86,12 @@ def test_streamed_events_arrive_as_they_are_sent(jupyter, timed_upstream):
             arrivals.append((time.monotonic() - start, chunk.choices[0].delta.content))
     assert [text for _, text in arrivals] == [f"tok{i} " for i in range(5)]
     times = [t for t, _ in arrivals]
-    assert times[0] < 1.0, times
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    # A buffering proxy delivers everything at once at ~2 s (gaps ~0); ours keeps the 0.5 s rhythm.
-    assert all(0.35 < gap < 0.75 for gap in gaps), gaps
+    # The upstream spends 2 s between its first and last event (0.5 s apart). A buffering proxy delivers them
+    # together once the last is sent: the first after 2 s, the span ~0. Ours keeps the rhythm. A busy machine
+    # may stall this client once, which delays one event onto the next: one short gap is allowed, not two.
+    assert times[0] < 2.0, times
+    assert times[-1] - times[0] >= 1.5 and sum(gap < 0.25 for gap in gaps) <= 1, gaps
 
 
 def test_streaming_does_not_depend_on_the_accept_header(jupyter, timed_upstream):
