@@ -148,14 +148,6 @@ class ServerRecord:
         """Return True for a launched server whose process is gone."""
         return not self.attached and not self.process_alive()
 
-    def public(self) -> dict[str, Any]:
-        """Return the record as JSON-ready data without the API key."""
-        data = asdict(self)
-        data.pop("api_key")
-        data.pop("marker")
-        data["dead"] = self.is_dead()
-        return data
-
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid server name, else raise ConfigError (a ValueError) saying what is allowed."""
