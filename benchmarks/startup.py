@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import statistics
 import subprocess
 import tempfile
@@ -23,7 +24,7 @@ from _results import save  # noqa: E402
 
 from mixvllm_nb import VLLMServer  # noqa: E402
 from mixvllm_nb.process.http import http_get  # noqa: E402
-from mixvllm_nb.process.tree import stop_processes  # noqa: E402
+from mixvllm_nb.process.tree import MARKER_ENV, stop_processes  # noqa: E402
 
 
 def time_bare(template: VLLMServer) -> float:
@@ -32,9 +33,14 @@ def time_bare(template: VLLMServer) -> float:
     server.config.server.port = None
     server.config.server.name = None
     server.prepare()
-    command, env = server.get_launch_command(), {**os.environ, **server.get_launch_env()}
+    # The marker lets stop_processes find the tree (it signals only marked processes); vLLM ignores it.
+    marker = secrets.token_hex(16)
+    command = server.get_launch_command()
+    env = {**os.environ, **server.get_launch_env(), MARKER_ENV: marker}
+    # Its output goes to a file, as ours does: the same work on both sides.
+    log = tempfile.NamedTemporaryFile(prefix="mixvllm-bench-bare-", suffix=".log", delete=False)
     started = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while True:
             status, _ = http_get(f"{server.base_url}/v1/models", api_key=server.api_key, timeout=2)
@@ -46,8 +52,12 @@ def time_bare(template: VLLMServer) -> float:
     finally:
         import psutil
 
-        stop_processes(psutil.Process(proc.pid), None)
-        proc.wait()
+        report = stop_processes(psutil.Process(proc.pid), marker)
+        proc.wait(timeout=30)
+        log.close()
+        os.unlink(log.name)
+        if not report.clean:
+            raise RuntimeError(f"the bare vLLM did not stop cleanly: {report.summary()}")
 
 
 def time_ours(template: VLLMServer) -> float:
