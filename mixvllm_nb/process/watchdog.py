@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             # The server ended on its own: sweep orphans that carry its marker, then leave.
             if marker and server_processes(None, marker):
                 stop_processes(None, marker, grace=5)
+            if process_matches(owner_pid, owner_ctime) is None:
+                # Its owner died too (a kernel killed while it was stopping it): nobody else will forget it.
+                _forget(args.name, server_pid, marker)
             return 0
         if process_matches(owner_pid, owner_ctime) is None:
             stop_processes(server, marker, grace=6, kill_wait=3)
