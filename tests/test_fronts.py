@@ -277,3 +277,16 @@ def test_import_and_load_ext_import_no_heavy_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"  # pydantic too: magic arguments are built on first use
+
+
+def test_a_generated_api_key_reads_as_a_flag_value(ip):
+    """``--api-key KEY`` with a key made for us parses whatever the key is (a url-safe token began with
+    ``-`` one time in 64, and ``%vllm_attach URL --api-key -...`` then failed: seen in CI on notebook 08)."""
+    from mixvllm_nb.magics.common import parse
+    from mixvllm_nb.process.server import new_api_key
+
+    attach = ip.find_line_magic("vllm_attach")  # the bound magic: parse builds its parser
+    keys = {new_api_key() for _ in range(500)}
+    assert len(keys) == 500 and min(len(k) for k in keys) >= 32  # random, and long enough to guess at no rate
+    for key in keys:
+        assert parse(attach, f"http://127.0.0.1:1 --api-key {key}").api_key == key

@@ -104,7 +104,7 @@ class ServerProcess:
         if cfg.server.port is None:
             cfg.server.port = free_port(cfg.server.host)
         if cfg.server.api_key is None:
-            cfg.server.api_key = secrets.token_urlsafe(24)
+            cfg.server.api_key = new_api_key()
         if cfg.profile.enabled:  # once: a later stop or another process must find the same folder
             cfg.profile.output_dir = cfg.profile.output_dir.expanduser().resolve()
         self.resolved = True
@@ -386,6 +386,15 @@ class ServerProcess:
             f"<{type(self).__name__} {self.name or '(unnamed)'} {self.state} "
             f"model={self.served_model_name!r} url={self.base_url if self.port else '-'}>"
         )
+
+
+def new_api_key() -> str:
+    """Return a random key that is safe anywhere a flag's value goes.
+
+    Hex, because a url-safe token starts with ``-`` one time in 64, and ``--api-key -x...`` then reads as
+    a missing value (``%vllm_attach URL --api-key KEY`` failed that way).
+    """
+    return secrets.token_hex(24)
 
 
 def _check_model_exists(name: str) -> None:
