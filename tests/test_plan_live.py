@@ -80,7 +80,7 @@ def test_status_shows_reported_and_planned_side_by_side_and_the_live_load(vllm_s
 
 def test_metrics_parser_on_a_live_scrape(vllm_server, openai_client):
     def scrape() -> VllmMetrics:
-        status, body = http_get(f"{vllm_server.base_url}/metrics")
+        status, body = http_get(f"{vllm_server.base_url}/metrics", api_key=vllm_server.api_key)
         assert status == 200
         return VllmMetrics.from_text(body.decode())
 

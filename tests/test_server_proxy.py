@@ -243,7 +243,8 @@ def test_an_engine_that_dies_between_events_gives_a_clean_end_and_mid_event_a_cu
 
 
 def _running(vllm_server) -> int:
-    text = httpx.get(f"{vllm_server.base_url}/metrics", timeout=10).text
+    text = httpx.get(f"{vllm_server.base_url}/metrics", timeout=10,
+                     headers={"Authorization": f"Bearer {vllm_server.api_key}"}).text
     return VllmMetrics.from_text(text).num_requests_running or 0
 
 
