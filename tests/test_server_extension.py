@@ -246,6 +246,33 @@ async def test_a_stale_starting_record_of_a_healthy_server_is_forwarded(fetch, u
         registry.remove("stale")
 
 
+async def test_a_client_that_leaves_while_a_starting_server_is_probed_sends_nothing_on(
+        http_server_client, jp_http_port, jp_base_url, token):
+    import asyncio
+
+    from test_server_support import StandInUpstream
+
+    with StandInUpstream(api_key=UPSTREAM_KEY, health_delay=1.0) as slow:
+        _launched_record("probed", slow.url)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
+            body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 5}).encode()
+            writer.write(f"POST {jp_base_url}mixvllm/servers/probed/v1/completions HTTP/1.1\r\n"
+                         f"Host: localhost:{jp_http_port}\r\n"
+                         f"Authorization: token {token}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+            for _ in range(100):  # the proxy is asking /health, which answers in 1 s (within MixVLLM.health_timeout)
+                if slow.hits:
+                    break
+                await asyncio.sleep(0.02)
+            writer.close()  # the client leaves during the probe
+            await asyncio.sleep(3)  # the probe has answered "healthy" by now
+            assert [hit.path for hit in slow.hits] == ["/health"]  # the completion was never sent
+        finally:
+            registry.remove("probed")
+
+
 async def test_a_dead_server_is_502(fetch, upstream, token):
     _launched_record("crashed", upstream.url, state="crashed")
     _launched_record("vanished", upstream.url, state="ready", create_time=1.0)  # its pid is another process now

@@ -58,8 +58,9 @@ class StandInUpstream:
     """
 
     def __init__(self, *, api_key: str = "", events: int = 5, interval: float = 0.5, first_delay: float = 0.0,
-                 port: int = 0):
+                 port: int = 0, health_delay: float = 0.0):
         self.api_key = api_key
+        self.health_delay = health_delay  # a slow /health, like an engine busy loading
         self.events = events
         self.interval = interval
         self.first_delay = first_delay  # silence before the first event, like a long prefill
@@ -141,6 +142,7 @@ def _handler_class(upstream: StandInUpstream) -> type[BaseHTTPRequestHandler]:
             if upstream.api_key and sent_key != f"Bearer {upstream.api_key}":
                 return self._json(401, {"error": {"message": "bad key", "type": "auth", "code": 401}})
             if hit.path == "/health":
+                time.sleep(upstream.health_delay)
                 return self._json(200, {})
             if hit.path == "/metrics":
                 return self._text(200, "standin_requests_total 1\n")

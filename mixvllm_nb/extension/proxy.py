@@ -76,6 +76,7 @@ class ProxyHandler(MixvllmHandler):
 
     SUPPORTED_METHODS = ("GET", "POST", "OPTIONS")  # type: ignore[assignment]
     _pump: asyncio.Task | None = None
+    _client_left = False
     _refused = False  # a 413 went out: what still comes of the body is dropped
     _received = 0  # bytes of the body so far (after a 413: bytes dropped)
 
@@ -137,6 +138,7 @@ class ProxyHandler(MixvllmHandler):
     def on_connection_close(self) -> None:
         """Cancel the upstream request when the client goes away, so the engine stops generating."""
         super().on_connection_close()
+        self._client_left = True
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()
 
@@ -149,14 +151,18 @@ class ProxyHandler(MixvllmHandler):
         if self.request.method not in methods:
             raise OpenAIError(405, f"{path} accepts {', '.join(methods)}, not {self.request.method}",
                               code="method_not_allowed")
-        record = await self._usable_record(name)
-        # The upstream exchange runs as its own task so that a client disconnect can cancel it
-        # at once, even while the engine sends nothing (a long prefill).
-        self._pump = asyncio.ensure_future(self._relay(record, path))
+        if self._client_left:
+            return  # gone while its body arrived: nothing to ask the engine
+        # The exchange runs as its own task so that a client disconnect cancels it at once: while the
+        # proxy asks a "starting" server's /health, and while the engine sends nothing (a long prefill).
+        self._pump = asyncio.ensure_future(self._relay_when_usable(name, path))
         await asyncio.wait([self._pump])
         if self._pump.cancelled():
             return  # the client left; nothing to answer
         self._pump.result()
+
+    async def _relay_when_usable(self, name: str, path: str) -> None:
+        await self._relay(await self._usable_record(name), path)
 
     async def _usable_record(self, name: str) -> registry.ServerRecord:
         """Return the record of a server that can take requests, or raise 404/502/503."""
