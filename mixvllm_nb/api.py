@@ -15,9 +15,9 @@ from typing import Any
 from .backends import backend_class
 from .backends.base import InferenceServer
 from .config import ServeConfig, load_server_config
-from .errors import ConfigError, NameTakenError
+from .errors import ConfigError, NameTakenError, OwnedElsewhereError
 from .process import registry
-from .process.ownership import live_servers, orphaned
+from .process.ownership import live_servers, orphaned, owner_elsewhere
 from .process.ports import is_loopback
 from .process.stopping import stop_record
 from .process.view import ServerView, list_views
@@ -199,13 +199,21 @@ def list_servers(*, details: bool = False) -> list[ServerView]:
     return list_views(details=details)
 
 
-def stop_server(name: str) -> str:
-    """Stop a launched server (or forget an attached one); return a one-line confirmation."""
+def stop_server(name: str, *, force: bool = False) -> str:
+    """Stop a launched server (or forget an attached one); return a one-line confirmation.
+
+    A server that another live kernel or process owns (one that reused it here does not own it) is
+    stopped only with ``force``: stopping it pulls the model from under that notebook.
+    """
     record = registry.get(name)
     if record.attached:
         registry.remove(name)
         return f"detached {name} (an attached server is never stopped by mixvllm_nb)"
     mine = next((server for server in live_servers() if server.name == name), None)
+    owner = None if mine is not None else owner_elsewhere(record)
+    if owner is not None and not force:
+        raise OwnedElsewhereError(f"{name} belongs to {owner}, which is alive; left running. It stops "
+                                  "with its owner; to stop it now anyway, use --force (force=True)")
     # Our own object also stops its heartbeat and watchdog; any other server is stopped from its record
     # alone (its marker, pid and start stamp), whichever process or backend class started it.
     report = mine.stop() if mine is not None else stop_record(record)

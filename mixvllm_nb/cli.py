@@ -25,7 +25,7 @@ import yaml
 from .config import load_server_config
 from .config.options import launch_overrides, serve_arguments
 from .display import Table
-from .errors import MixVLLMError, ServerStartError
+from .errors import MixVLLMError, OwnedElsewhereError, ServerStartError
 
 if TYPE_CHECKING:
     from .backends.base import InferenceServer
@@ -151,16 +151,22 @@ def cmd_stop(argv: list[str]) -> int:
     parser = _Parser(prog=f"{PROG} stop", description="Stop servers and verify nothing is left.")
     parser.add_argument("name", nargs="?", help="server name")
     parser.add_argument("--all", action="store_true", help="stop every registered server")
+    parser.add_argument("--force", action="store_true", help="also stop a server that another live process owns")
     args = parser.parse_args(argv)
     if not args.name and not args.all:
         return _fail("stop: give a server NAME or --all")
     names = [row["name"] for row in list_servers()] if args.all else [args.name]
+    left = 0
     try:
         for name in names:
-            print(stop_server(name))
+            try:
+                print(stop_server(name, force=args.force))
+            except OwnedElsewhereError as exc:  # the others still stop
+                left += 1
+                print(f"{PROG} stop: {exc}", file=sys.stderr)
     except MixVLLMError as exc:
         return _fail(str(exc))
-    return 0
+    return 1 if left else 0
 
 
 def cmd_key(argv: list[str]) -> int:

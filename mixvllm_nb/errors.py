@@ -41,6 +41,10 @@ class ServerTimeoutError(ServerStartError):
     """The server did not become ready within ``startup_timeout``; it has been stopped."""
 
 
+class OwnedElsewhereError(MixVLLMError):
+    """The server belongs to another live kernel or process: stopping it from here needs ``force``."""
+
+
 class ServerNotFoundError(MixVLLMError, KeyError):
     """No registered server has this name."""
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path.name}: FAILED: {str(exc).splitlines()[-1] if str(exc) else type(exc).__name__}")
     finally:
         for view in list_servers():
-            print(stop_server(view["name"]))
+            print(stop_server(view["name"], force=True))
         jupyter.stop()
     return 1 if failed else 0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from test_server_support import StandInProcess
+from test_server_support import StandInProcess, owned_elsewhere
 
 from mixvllm_nb.api import list_servers
 from mixvllm_nb.process import registry
@@ -290,3 +290,19 @@ def test_a_generated_api_key_reads_as_a_flag_value(ip):
     assert len(keys) == 500 and min(len(k) for k in keys) >= 32  # random, and long enough to guess at no rate
     for key in keys:
         assert parse(attach, f"http://127.0.0.1:1 --api-key {key}").api_key == key
+
+
+
+def test_a_server_another_live_process_owns_is_stopped_only_with_force(ip, capsys):
+    with owned_elsewhere("owned-elsewhere") as (owner, pid):
+        cli = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "stop", "owned-elsewhere"], capture_output=True,
+                             text=True, timeout=60)
+        assert cli.returncode == 1 and f"belongs to a Python process (pid {owner.pid})" in cli.stderr, cli.stderr
+        assert "--force" in cli.stderr and "\n" not in cli.stderr.strip()
+        ip.run_line_magic("vllm_stop", "owned-elsewhere")  # the notebook is done with it; its owner is not
+        assert "left running" in capsys.readouterr().out
+        assert registry.get("owned-elsewhere").pid == pid and __import__("psutil").pid_exists(pid)
+        ip.run_line_magic("vllm_stop", "owned-elsewhere --force")
+        assert "nothing left, port free" in capsys.readouterr().out
+        assert registry.get("owned-elsewhere", missing_ok=True) is None
+    assert registry.get("owned-elsewhere", missing_ok=True) is None

@@ -47,7 +47,7 @@ def _stop_servers_of_other_processes() -> None:
 
     for record in registry.list_records():
         if record.owner.get("pid") != os.getpid() and not record.attached:
-            stop_server(record.name)
+            stop_server(record.name, force=True)
 
 
 def test_panel_in_jupyterlab_launches_chats_and_stops(tmp_path):

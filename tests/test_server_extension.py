@@ -377,6 +377,21 @@ async def test_deleting_an_attached_server_forgets_it_without_stopping_it(fetch,
     assert upstream.hits == []  # forgetting sends nothing to the server, which keeps running
 
 
+async def test_deleting_a_server_another_live_kernel_owns_needs_force(fetch, token):
+    from test_server_support import owned_elsewhere
+
+    with owned_elsewhere("kernels-own") as (owner, pid):
+        refused = await fetch("mixvllm/api/servers/kernels-own", "DELETE", headers=auth(token))
+        assert refused.code == 409 and error_of(refused)["code"] == "owned_elsewhere"
+        assert f"(pid {owner.pid})" in error_of(refused)["message"] and "?force=true" in error_of(refused)["message"]
+        assert psutil.pid_exists(pid) and registry.get("kernels-own").pid == pid
+        bad = await fetch("mixvllm/api/servers/kernels-own?force=maybe", "DELETE", headers=auth(token))
+        assert bad.code == 400 and "force='maybe'" in error_of(bad)["message"]
+        stopped = await fetch("mixvllm/api/servers/kernels-own?force=true", "DELETE", headers=auth(token))
+        assert stopped.code == 200 and "nothing left" in json.loads(stopped.body)["message"]
+        assert registry.get("kernels-own", missing_ok=True) is None
+
+
 def test_the_extension_is_found_by_jupyter_and_defaults_to_4_mib(jp_serverapp):
     import mixvllm_nb
     from mixvllm_nb.extension.app import MixVLLMApp

@@ -272,6 +272,28 @@ class JupyterProcess:
         return f"{self.url}mixvllm/servers/{name}/v1"
 
 
+_OWNER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_server_support import StandInProcess
+from mixvllm_nb.process.ports import free_port
+server = StandInProcess("standin-model", name={name!r}, port=free_port()).start()
+print(server.pid, flush=True)
+sys.stdin.read()  # alive, and owning the server, until the test is done
+"""
+
+
+@contextmanager
+def owned_elsewhere(name: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A stand-in server called ``name`` that another live Python process owns: yields (owner, server pid)."""
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER.format(tests=str(Path(__file__).parent), name=name)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield owner, int(owner.stdout.readline())
+    finally:
+        owner.communicate("", timeout=60)  # its exit stops the server if the test did not
+
+
 class StandInProcess(InferenceServer):
     """A backend whose server is this file run as a script: the real lifecycle without loading a model.
 

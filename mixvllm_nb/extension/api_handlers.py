@@ -7,6 +7,7 @@ proxy's URLs added; the REST API, the magics and the panel share one process man
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from tornado.ioloop import IOLoop
 
 from .. import api
 from ..config import config_from_dict
-from ..errors import ConfigError, MixVLLMError, NameTakenError, ServerNotFoundError
+from ..errors import ConfigError, MixVLLMError, NameTakenError, OwnedElsewhereError, ServerNotFoundError
 from ..process import registry
 from ..process.registry import state_dir
 from ..process.view import ServerView, server_view
@@ -62,7 +63,7 @@ class ServersHandler(MixvllmHandler):
             raise OpenAIError(403, "starting a model server runs code on this machine: it needs the permission "
                               "to start kernels (execute on kernels)", code="forbidden")
         body = self.json_object_body("the config's sections, as in the YAML file")
-        flags = {key: self._flag(key, default) for key, default in (("reuse", True), ("replace", False),
+        flags = {key: self.query_flag(key, default) for key, default in (("reuse", True), ("replace", False),
                                                                     ("detach", False))}
         try:
             config = config_from_dict(body, source="request body")
@@ -85,16 +86,6 @@ class ServersHandler(MixvllmHandler):
         self.set_status(202 if result.outcome == "Launched" else 200)
         self.finish(json.dumps(model))
 
-    def _flag(self, name: str, default: bool) -> bool:
-        value = self.get_query_argument(name, None)
-        if value is None:
-            return default
-        if value.lower() in ("1", "true", "yes"):
-            return True
-        if value.lower() in ("0", "false", "no"):
-            return False
-        raise OpenAIError(400, f"query argument {name}={value!r}: use true or false", code="invalid_argument")
-
 
 class ServerHandler(MixvllmHandler):
     """``GET`` one server's status; ``DELETE`` stops it (or forgets an attached one)."""
@@ -115,8 +106,12 @@ class ServerHandler(MixvllmHandler):
         """Stop the server and answer the stop report's summary."""
         try:
             # A stop waits for the process tree to end (up to ~15 s): off the event loop.
-            message = await IOLoop.current().run_in_executor(None, api.stop_server, name)
+            force = self.query_flag("force", False)
+            message = await IOLoop.current().run_in_executor(None, partial(api.stop_server, name, force=force))
         except ServerNotFoundError as exc:
             raise not_found(name, exc) from None
+        except OwnedElsewhereError as exc:
+            raise OpenAIError(409, str(exc).replace("--force (force=True)", "?force=true"),
+                              code="owned_elsewhere") from None
         self.state.servers.pop(name, None)
         self.finish(json.dumps({"name": name, "message": message}))

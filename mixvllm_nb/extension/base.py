@@ -105,6 +105,17 @@ class MixvllmHandler(APIHandler):
             raise OpenAIError(400, f"request body: expected a JSON object ({example})", code="invalid_json")
         return body
 
+    def query_flag(self, name: str, default: bool) -> bool:
+        """Return a true/false query argument (``?force=true``); 400 for anything else."""
+        value = self.get_query_argument(name, None)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise OpenAIError(400, f"query argument {name}={value!r}: use true or false", code="invalid_argument")
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Answer every error, Jupyter's own 403s included, in OpenAI's error shape."""
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -58,7 +58,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "/mixvllm/api/servers/{name}": {
         "parameters": [_NAME],
         "get": _op("One server's view and URLs", _json("Server"), errors=(403, 404)),
-        "delete": _op("Stop the server (or forget an attached one)", _json(_OBJECT), errors=(403, 404)),
+        "delete": _op("Stop the server (or forget an attached one); query: force (a server another live kernel "
+                       "owns: 409 without it)", _json(_OBJECT), errors=(400, 403, 404, 409)),
     },
     "/mixvllm/api/servers/{name}/terminal": {
         "parameters": [_NAME],

@@ -107,9 +107,14 @@ class ServingMagics(Magics):
     @magic_command()
     @argument("name", nargs="?", help="server name")
     @argument("--all", action="store_true", help="stop every registered server")
+    @argument("--force", action="store_true", help="also stop a server that another live kernel or process owns")
     def vllm_stop(self, line: str = "") -> None:
-        """Stop a server (or detach an attached one) and confirm nothing is left."""
+        """Stop a server (or detach an attached one) and confirm nothing is left.
+
+        A server another live kernel owns (reused here) is left running, and says whose it is, unless ``--force``.
+        """
         from ..api import list_servers, stop_server
+        from ..errors import OwnedElsewhereError
         from .chat import forget_conversation
 
         args = parse(self.vllm_stop, line)
@@ -120,7 +125,10 @@ class ServingMagics(Magics):
         else:
             names = [args.name or find_server(None).name]
         for name in names:
-            print(stop_server(name))
+            try:
+                print(stop_server(name, force=args.force))
+            except OwnedElsewhereError as exc:
+                print(exc)  # not a failure: this notebook is done with it, its owner is not
             forget_conversation(name)
 
     @line_magic

@@ -244,6 +244,7 @@ class LaunchSection(widgets.VBox):
     def stop(self) -> threading.Thread:
         """Stop the selected server (in a background thread: a clean stop takes seconds)."""
         from ..api import stop_server
+        from ..errors import OwnedElsewhereError
 
         server = self.get_server()
         if server is None:
@@ -252,7 +253,12 @@ class LaunchSection(widgets.VBox):
         self._stopping = server.name
 
         def run() -> None:
-            summary = stop_server(server.name)
+            try:
+                summary = stop_server(server.name)
+            except OwnedElsewhereError as exc:  # another kernel's server: left to it, and said so
+                self._stopping = ""
+                self._set_outcome(html.escape(str(exc)))
+                return
             if server.process is None:
                 server.state = "stopped"  # a handle from the registry has no heartbeat to say so
             self._set_outcome(html.escape(summary))

@@ -54,6 +54,20 @@ def orphaned(record: ServerRecord) -> bool:
     return process_matches(pid, stamp if isinstance(stamp, int | float) else None) is None
 
 
+def owner_elsewhere(record: ServerRecord) -> str | None:
+    """Return who else owns this server and is alive ("a kernel (pid 812)"), or None when nobody else does.
+
+    None for this process's own servers, detached and attached ones, and those whose owner has died.
+    """
+    owner = record.owner or {}
+    pid = owner.get("pid")
+    if record.attached or record.detached or not isinstance(pid, int) or pid == os.getpid() or orphaned(record):
+        return None
+    kind = {"python": "Python process", "cli": "mixvllm-serve process", "jupyter-server": "Jupyter server"}.get(
+        owner.get("kind") or "", owner.get("kind") or "process")
+    return f"a {kind} (pid {pid})"
+
+
 def start_watchdog(pid: int, stamp: float | None, name: str, marker: str) -> subprocess.Popen:
     """Start the watchdog that stops server ``pid`` (and everything carrying ``marker``) if this process dies."""
     me = os.getpid()
