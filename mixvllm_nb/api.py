@@ -48,6 +48,8 @@ class ServeResult:
     outcome: str
     # Why ``backend: auto`` chose this engine (empty when the config named one).
     engine_reason: str = ""
+    # A running server with the same engine whose sampling defaults alone differ: why a second copy loads.
+    twin: str = ""
 
     @property
     def engine(self) -> str:
@@ -69,6 +71,8 @@ class ServeResult:
         line = f"Launched {server.name} on {self.engine} (pid {server.pid}); log: {server.log_path}"
         if note := server.config.terminal.unused_note():
             line += f"\n{note}"
+        if self.twin:
+            line += f"\n{self.twin}"
         if not is_loopback(server.host):
             line += (f"\nListening on {server.host}: every machine that reaches this one can use the model with its "
                      "API key (and its /health without one). Loopback (127.0.0.1) and Jupyter's proxy keep it private.")
@@ -103,9 +107,36 @@ def serve(
         if reused is not None:
             return ServeResult(server_from_record(reused), "Reused", reason)
         server.launch()
+    twin = _sampling_twin(server.config, identity)
     if wait:
         server.wait_until_ready()
-    return ServeResult(server, "Launched", reason)
+    return ServeResult(server, "Launched", reason, twin)
+
+
+def _sampling_twin(config: ServeConfig, identity: str) -> str:
+    """Say so when a running server has this engine config and only other sampling defaults (two model loads)."""
+    engine = config.identity(sampling=False)
+    ours = config.generation_defaults.model_dump(mode="json")
+    for record in registry.list_records():
+        if record.attached or record.identity == identity or record.is_dead() or record.state not in ("starting",
+                                                                                                       "ready"):
+            continue
+        try:
+            other = ServeConfig.model_validate(record.config)
+        except ValueError:
+            continue
+        if other.identity(sampling=False) != engine:
+            continue
+        theirs = other.generation_defaults.model_dump(mode="json")
+        def shown(value: Any) -> str:
+            return "unset" if value is None else str(value)
+
+        differ = ", ".join(f"{key} {shown(theirs[key])} there, {shown(ours[key])} here"
+                           for key in ours if ours[key] != theirs[key])
+        return (f"This is a second copy of {config.model.name}: {record.name} runs the same engine with other "
+                f"sampling defaults ({differ}), and each copy holds its own memory. To use one copy, send the "
+                f"sampling per request (%vllm_chat --temperature ...) to {record.name}, or %vllm_stop {record.name}.")
+    return ""
 
 
 def _reusable(name: str | None, identity: str, *, reuse: bool, replace: bool,

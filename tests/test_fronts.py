@@ -239,6 +239,33 @@ def test_the_same_config_asked_twice_at_once_loads_one_engine():
                 result.server.stop()
 
 
+def test_a_second_copy_that_differs_only_in_sampling_says_why_it_loads_and_how_to_avoid_it():
+    from mixvllm_nb.api import serve
+    from mixvllm_nb.config import config_from_dict
+
+    base = {"backend": "standin-proc", "model": {"name": "standin-model"}, "env_vars": {"TWIN": "1"}}
+    first = serve(config_from_dict({**base, "generation_defaults": {"temperature": 1.0}}), wait=False)
+    other = None
+    try:
+        assert "second copy" not in first.describe()
+        other = serve(config_from_dict({**base, "generation_defaults": {"temperature": 0.0, "max_tokens": 64}}),
+                      wait=False)
+        said = other.describe()
+        assert other.outcome == "Launched" and other.server.name != first.server.name
+        assert f"second copy of standin-model: {first.server.name} runs the same engine" in said, said
+        assert "temperature 1.0 there, 0.0 here" in said and "max_tokens unset there, 64 here" in said
+        assert f"%vllm_stop {first.server.name}" in said
+        unrelated = serve(config_from_dict({**base, "env_vars": {"TWIN": "2"}}), wait=False)  # another engine
+        try:
+            assert "second copy" not in unrelated.describe()
+        finally:
+            unrelated.server.stop()
+    finally:
+        for result in (first, other):
+            if result is not None:
+                result.server.stop()
+
+
 def test_a_server_bound_beyond_loopback_says_what_it_exposes():
     from mixvllm_nb.api import ServeResult
 

@@ -263,13 +263,17 @@ class ServeConfig(_Section):
             return [str(item) for item in value]
         return value
 
-    def identity(self) -> str:
+    def identity(self, *, sampling: bool = True) -> str:
         """Return a hash of what makes two launches equivalent (name, port and key excluded).
 
         Two configs with the same identity serve the same model the same way, so a running
-        server can be reused instead of loading the model twice.
+        server can be reused instead of loading the model twice. ``sampling=False`` leaves the
+        generation defaults out: the same engine, answering with other defaults.
         """
-        data = self.model_dump(mode="json", exclude={"server": {"api_key", "name", "port"}})
+        exclude: dict[str, Any] = {"server": {"api_key", "name", "port"}}
+        if not sampling:
+            exclude["generation_defaults"] = True
+        data = self.model_dump(mode="json", exclude=exclude)
         for volatile in ("startup_timeout", "heartbeat_interval", "heartbeat_timeout", "debug_mode"):
             data.pop(volatile, None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
