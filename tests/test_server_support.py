@@ -272,6 +272,17 @@ class JupyterProcess:
         return f"{self.url}mixvllm/servers/{name}/v1"
 
 
+def wait_for_no_records(state: Path, timeout: float = 60.0) -> list[Path]:
+    """Return the server records left in a state dir once none is left, or after ``timeout`` seconds.
+
+    A kernel that shuts down stops its servers on its way out, or its watchdog does a moment later.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := sorted(state.glob("*.json"))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 _OWNER = """
 import sys
 sys.path.insert(0, {tests!r})
