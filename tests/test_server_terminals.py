@@ -110,6 +110,28 @@ async def test_chat_in_the_terminal_reaches_the_server_through_the_proxy(jp_fetc
     assert chats[0].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"  # the proxy's key, not the token
 
 
+async def test_a_servers_chat_terminals_close_when_it_ends_and_never_come_back_as_a_shell(jp_fetch, upstream):
+    from mixvllm_nb.process import registry
+
+    first = await open_terminal(jp_fetch, "standin", auto_start_chat=False)
+    second = await open_terminal(jp_fetch, "standin", auto_start_chat=False)
+    assert (first["name"], second["name"]) == ("standin_chat_1", "standin_chat_2")  # named for their server
+    plain = json.loads((await jp_fetch("api", "terminals", method="POST", body="{}")).body)["name"]
+    registry.remove("standin")  # the server is gone (stopped by its kernel, say)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        running = {t["name"] for t in json.loads((await jp_fetch("api", "terminals")).body)}
+        if not running & {first["name"], second["name"]}:
+            break
+        await asyncio.sleep(0.5)
+    assert running == {plain}  # both chats closed; the user's own terminal is left alone
+    with pytest.raises(HTTPClientError) as refused:  # what JupyterLab does with the old link
+        await jp_fetch("api", "terminals", method="POST", body=json.dumps({"name": first["name"]}))
+    assert refused.value.code == 409
+    assert "has ended" in refused.value.response.body.decode()
+    await jp_fetch("api", "terminals", plain, method="DELETE")
+
+
 @pytest.mark.parametrize("body, field, allowed", [
     ({"path": 5}, "path", "a string"),
     ({"path": ["sub"]}, "path", "a string"),

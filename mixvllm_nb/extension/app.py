@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import PeriodicCallback
 
 from .adapters_handlers import AdapterHandler, AdaptersHandler
 from .api_handlers import ServerHandler, ServersHandler
@@ -14,7 +15,7 @@ from .base import ExtensionState, MixVLLM
 from .garden import garden_routes
 from .openapi import OpenAPIHandler
 from .proxy import ProxyHandler
-from .terminals import ServerTerminalHandler
+from .terminals import ServerTerminalHandler, close_ended_chat_terminals
 from .upstream import close_idle_connections
 
 if TYPE_CHECKING:
@@ -52,10 +53,19 @@ class MixVLLMApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         """Share the extension's settings and state with the handlers (``settings["mixvllm"]``)."""
-        self.settings["mixvllm"] = ExtensionState(config=MixVLLM(parent=self.serverapp))
+        state = self.settings["mixvllm"] = ExtensionState(config=MixVLLM(parent=self.serverapp))
+        # A server's chat terminals close when it stops, whoever stops it (a kernel, the CLI, its owner's exit).
+        self._terminal_check = PeriodicCallback(lambda: self._close_ended_terminals(state),
+                                                state.config.terminal_check_interval * 1000)
+        self._terminal_check.start()
         base_url = self.serverapp.web_app.settings["base_url"] if self.serverapp.web_app else "/"
         self.log.info("mixvllm_nb: proxy at %smixvllm/servers/<name>/v1, API at %smixvllm/api/servers",
                       base_url, base_url)
+
+    def _close_ended_terminals(self, state: ExtensionState) -> None:
+        manager = self.serverapp.web_app.settings.get("terminal_manager") if self.serverapp.web_app else None
+        if manager is not None and state.chat_terminals:
+            asyncio.ensure_future(close_ended_chat_terminals(state, manager))
 
     def initialize_handlers(self) -> None:
         """Add the routes (authenticated, under the ``mixvllm`` auth resource)."""
@@ -66,6 +76,7 @@ class MixVLLMApp(ExtensionApp):
         state: ExtensionState | None = self.settings.get("mixvllm")
         if state is None:
             return
+        self._terminal_check.stop()
         close_idle_connections()  # the proxy's kept-alive upstream connections
         owned = [server for server in state.servers.values() if not server.detach and server.state.live]
         if owned:

@@ -55,6 +55,9 @@ class MixVLLM(Configurable):
         help="Environment variables a servers API request may set although they hook into the engine's process "
         "(LD_PRELOAD, PYTHON*, VLLM_SERVER_DEV_MODE, ...): name only those you trust every Jupyter user with.",
     )
+    terminal_check_interval = Float(
+        3.0, config=True, help="Seconds between checks that close the chat terminals of servers that have ended."
+    )
     health_timeout = Float(
         2.0, config=True, help="Seconds a health probe of a server still marked 'starting' may take."
     )
@@ -67,6 +70,10 @@ class ExtensionState:
     config: MixVLLM
     # Servers this Jupyter server launched: holding them keeps their heartbeat objects alive.
     servers: dict[str, Any] = field(default_factory=dict)
+    # Chat terminals opened for servers (terminal name -> server name): closed when their server ends.
+    chat_terminals: dict[str, str] = field(default_factory=dict)
+    # Names of chat terminals that have ended: never created again (as a plain shell, by a stale link).
+    retired_terminals: set[str] = field(default_factory=set)
 
 
 class OpenAIError(web.HTTPError):

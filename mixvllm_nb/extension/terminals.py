@@ -29,7 +29,7 @@ from ..chat import TOKEN_FILE_VAR
 from ..errors import ServerNotFoundError
 from ..process import registry
 from .api_handlers import proxy_path
-from .base import MixvllmHandler, OpenAIError
+from .base import ExtensionState, MixvllmHandler, OpenAIError
 
 # The fields of the request body: name -> (JSON type, the allowed values in words). null means the default.
 BODY_FIELDS: dict[str, tuple[type, str]] = {
@@ -122,15 +122,62 @@ def chat_command() -> str:
 
 
 def create_chat_terminal(
-    terminal_manager: Any, *, env: dict[str, str], cwd: str, auto_start_chat: bool
+    terminal_manager: Any, *, name: str, env: dict[str, str], cwd: str, auto_start_chat: bool
 ) -> str:
-    """Create a terminal with ``env`` in ``cwd``, type the chat command into it if asked; return its name."""
-    model = terminal_manager.create(extra_env=env, cwd=cwd)
-    name = model["name"]
+    """Create terminal ``name`` with ``env`` in ``cwd``, type the chat command into it if asked; return its name."""
+    name = terminal_manager.create(name=name, extra_env=env, cwd=cwd)["name"]
     if auto_start_chat:
         # The pty keeps what we type until the shell reads it, so there is no need to wait for a prompt.
         terminal_manager.terminals[name].ptyproc.write(chat_command() + "\r")
     return name
+
+
+def chat_terminal_name(state: ExtensionState, terminal_manager: Any, server: str) -> str:
+    """Return a new terminal name for a server's chat (``SERVER_chat_N``): never a running or ended one.
+
+    Word characters only: Jupyter's terminal websocket route takes ``\\w+`` names.
+    """
+    stem = re.sub(r"\W", "_", server)
+    number = 1
+    while (name := f"{stem}_chat_{number}") in terminal_manager.terminals or name in state.retired_terminals:
+        number += 1
+    return name
+
+
+def refuse_retired_names(terminal_manager: Any, state: ExtensionState) -> None:
+    """Make the terminal manager refuse to create a terminal under an ended chat terminal's name.
+
+    JupyterLab, given the link of a terminal that is gone, creates one with that name: a plain shell
+    where the user expects the chat. Other names are not affected.
+    """
+    if getattr(terminal_manager, "_mixvllm_refuses_retired", False):
+        return
+    create = terminal_manager.create
+
+    def create_unless_retired(**kwargs: Any) -> Any:
+        name = kwargs.get("name")
+        if name in state.retired_terminals:
+            raise web.HTTPError(409, f"terminal {name!r} was a server's chat and has ended with it; open a new "
+                                "one (%vllm_terminal, or POST /mixvllm/api/servers/<name>/terminal)")
+        return create(**kwargs)
+
+    terminal_manager.create = create_unless_retired
+    terminal_manager._mixvllm_refuses_retired = True
+
+
+async def close_ended_chat_terminals(state: ExtensionState, terminal_manager: Any) -> list[str]:
+    """Close the chat terminals whose server has stopped or gone (and those the user closed); return their names."""
+    closed = []
+    for name, server in list(state.chat_terminals.items()):
+        record = registry.get(server, missing_ok=True)
+        ended = record is None or record.state in ("stopped", "exited", "crashed") or record.is_dead()
+        if ended or name not in terminal_manager.terminals:
+            if name in terminal_manager.terminals:
+                await terminal_manager.terminate(name, force=True)
+            state.retired_terminals.add(name)
+            del state.chat_terminals[name]
+            closed.append(name)
+    return closed
 
 
 class ServerTerminalHandler(MixvllmHandler):
@@ -167,7 +214,10 @@ class ServerTerminalHandler(MixvllmHandler):
             "MIXVLLM_SERVER": name,
             TOKEN_FILE_VAR: str(write_chat_credentials(name, v1, token or "EMPTY")),
         }
-        term_name = create_chat_terminal(terminal_manager, env=env, cwd=cwd, auto_start_chat=bool(auto_start))
+        refuse_retired_names(terminal_manager, self.state)
+        term_name = create_chat_terminal(terminal_manager, name=chat_terminal_name(self.state, terminal_manager, name),
+                                         env=env, cwd=cwd, auto_start_chat=bool(auto_start))
+        self.state.chat_terminals[term_name] = name
         self.set_status(201)
         self.finish(json.dumps({"name": term_name, "url": f"{self.base_url}terminals/{term_name}",
                                 "server": name, "cwd": cwd, "chat_started": bool(auto_start)}))
