@@ -54,6 +54,21 @@ def test_a_cpu_machine_is_not_shown_gpu_only_controls():
     assert cpu.build_config().inference.tensor_parallel_size == 1
 
 
+def test_launch_starts_with_the_selected_servers_sampling_so_it_reuses_what_the_magic_started():
+    from mixvllm_nb.config import ServeConfig, load_server_config
+
+    launch = _launch(on_cpu=True)
+    assert launch.build_config().generation_defaults.temperature is None  # nothing selected: the model's own
+    magic = load_server_config(None, {"generation_defaults.temperature": 0.0, "generation_defaults.max_tokens": 64})
+    launch.follow_sampling(SimpleNamespace(name="from-magic", attached=False, config=magic))
+    built = launch.build_config()
+    assert (built.generation_defaults.temperature, built.generation_defaults.max_tokens) == (0.0, 64)
+    assert built.identity() == magic.identity()  # so Launch reuses it instead of loading a second copy
+    assert "from-magic" in launch.sampling_note.value and "temperature 0.0" in launch.sampling_note.value
+    launch.follow_sampling(SimpleNamespace(name="remote", attached=True, config=ServeConfig()))
+    assert launch.build_config().generation_defaults.temperature is None and launch.sampling_note.value == ""
+
+
 def test_max_model_len_not_set_reads_as_the_models_default_not_zero():
     launch = _launch(on_cpu=True)
     box = launch.inputs["max_model_len"]

@@ -115,6 +115,7 @@ class ControlPanel(widgets.VBox):
 
         self.server = server if server is not None else get_server(name)
         self.sampling.load_defaults(self.server.config.generation_defaults.as_request_params())
+        self.launch.follow_sampling(self.server)
         self.chat.follow(self.server)  # e.g. image upload only for a vision model
         self._show_state(self.server, server_state(self.server))
         self.monitor.watch(self.server)

@@ -84,6 +84,8 @@ class LaunchSection(widgets.VBox):
         self._stopping = ""  # the name of a server the user is stopping
         self._target: Any = None  # the server the current launch started or reused
         self._reported_for: Any = None  # the server whose vLLM figures are shown
+        # The selected server's sampling defaults: Launch starts with them, as the magic that started it did.
+        self.sampling_defaults: dict[str, Any] = {}
         guard = guarded(errors)
         # Each input is built from its config field: type, choices, bounds and help are declared once there.
         labels = {"trust_remote_code": "trust remote code", "name": "server name",
@@ -109,6 +111,7 @@ class LaunchSection(widgets.VBox):
         self.outcome = widgets.HTML()
         self.outcome.add_class("mixvllm-outcome")
         self.estimate = widgets.HTML()
+        self.sampling_note = widgets.HTML()
         self.reported = widgets.HTML()
         # Hidden inputs keep their defaults, so they override nothing (a YAML file's values still apply).
         hidden = GPU_ONLY if on_cpu else CPU_ONLY
@@ -117,6 +120,7 @@ class LaunchSection(widgets.VBox):
             widgets.HBox([self.yaml_path, self.load_button]),
             *shown,
             self.estimate,
+            self.sampling_note,
             widgets.HBox([self.launch_button, self.stop_button]),
             widgets.HBox([self.progress, self.phase]),
             self.outcome,
@@ -166,7 +170,22 @@ class LaunchSection(widgets.VBox):
                 value = value or None
             if value != _get(base, dotted):
                 out[dotted] = value
+        for key, value in self.sampling_defaults.items():
+            if getattr(base.generation_defaults, key) is None:  # a YAML file's own defaults win
+                out[f"generation_defaults.{key}"] = value
         return out
+
+    def follow_sampling(self, server: Any) -> None:
+        """Make Launch start with the selected server's sampling defaults, and say so.
+
+        A server started by ``%vllm_serve --temperature 0`` is then reused by Launch, not loaded a second time
+        at the model's own sampling.
+        """
+        params = {} if server.attached else server.config.generation_defaults.model_dump(exclude_none=True)
+        self.sampling_defaults = params
+        shown = ", ".join(f"{key} {value}" for key, value in params.items())
+        self.sampling_note.value = (f"<span style='color:#57606a'>Sampling defaults, as {html.escape(server.name)}'s: "
+                                    f"{html.escape(shown)}</span>" if shown else "")
 
     def build_config(self) -> ServeConfig:
         """Return the validated config the Launch button would start (YAML file + widgets)."""
