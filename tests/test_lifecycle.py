@@ -124,10 +124,16 @@ def test_registry_entry_is_private_and_complete(vllm_server):
     assert "api_key" not in public and vllm_server.api_key not in json.dumps(public)
 
 
-def test_list_endpoints_reads_openapi(vllm_server):
-    endpoints = vllm_server.list_endpoints()
-    assert "/v1/chat/completions" in endpoints and "/health" in endpoints
-    assert endpoints["/health"] == f"{vllm_server.base_url}/health"
+def test_list_endpoints_names_the_same_endpoints_before_and_after_start_and_served_routes_reads_openapi(
+        vllm_server):
+    from mixvllm_nb import VLLMServer
+
+    before = VLLMServer(vllm_server.model, port=vllm_server.port)  # never started
+    assert set(before.list_endpoints()) == set(vllm_server.list_endpoints())
+    assert set(vllm_server.list_endpoints()) >= {"health", "models", "completions", "chat", "embeddings", "metrics"}
+    routes = vllm_server.served_routes()
+    assert "/v1/chat/completions" in routes and "/invocations" in routes
+    assert routes["/health"] == f"{vllm_server.base_url}/health"
 
 
 def test_status_reports_kv_cache_from_the_log(vllm_server):

@@ -48,4 +48,4 @@ def test_our_own_calls_still_reach_every_guarded_route(vllm_server):
     from mixvllm_nb.status import scrape
 
     assert scrape(vllm_server) is not None  # /metrics, with the key: what status and the panel show
-    assert "/invocations" in vllm_server.list_endpoints()  # read from /openapi.json, with the key
+    assert "/invocations" in vllm_server.served_routes()  # read from /openapi.json, with the key

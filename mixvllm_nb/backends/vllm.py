@@ -131,11 +131,16 @@ class VLLMServer(InferenceServer):
         return self.check_health(timeout=2) and self.serves_model()
 
     def list_endpoints(self) -> dict[str, str]:
-        """Return the server's routes by path, read from its ``/openapi.json`` when it runs."""
+        """Return the server's main endpoints by name: the same names before and after it starts."""
+        return {**self.openai_endpoints(), "embeddings": f"{self.base_url}/v1/embeddings",
+                "metrics": f"{self.base_url}/metrics"}
+
+    def served_routes(self) -> dict[str, str]:
+        """Return every route the running server offers, by path, read from its ``/openapi.json`` ({} if none)."""
         spec = http_get_json(f"{self.base_url}/openapi.json", api_key=self.api_key, timeout=5)
         if spec and isinstance(spec.get("paths"), dict):
             return {path: f"{self.base_url}{path}" for path in sorted(spec["paths"])}
-        return {**self.openai_endpoints(), "metrics": f"{self.base_url}/metrics"}
+        return {}
 
 
 def lora_flags(lora: LoraConfig) -> list[str]:
