@@ -251,7 +251,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantize the GGUF into bfloat16 safetensors plus tokenizer files (FINDINGS.md recipe)."""
+    """Dequantize the GGUF into bfloat16 safetensors plus tokenizer files (docs/FINDINGS.md recipe)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 

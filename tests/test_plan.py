@@ -2,7 +2,7 @@
 
 No server and no weights: configs of real models live in tests/data/model_configs, and the
 safetensors tests write tiny files with struct + json. The CPU numbers must equal what vLLM
-0.32 logged for SmolLM2-135M (FINDINGS.md, tests/data/vllm_cpu_startup.log).
+0.32 logged for SmolLM2-135M (docs/FINDINGS.md, tests/data/vllm_cpu_startup.log).
 """
 
 from __future__ import annotations

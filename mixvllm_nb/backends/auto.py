@@ -1,6 +1,6 @@
 """``backend: auto``: vLLM where it is installed and fits, else the light llama.cpp engine.
 
-vLLM's CPU server holds about 4 GB (FINDINGS.md: 0.74 GB API server, 0.67 GB engine core, 2.5 GB
+vLLM's CPU server holds about 4 GB (docs/FINDINGS.md: 0.74 GB API server, 0.67 GB engine core, 2.5 GB
 worker for SmolLM2 with a 1 GiB KV cache); mybinder.org gives 1-2 GB. There, or wherever vLLM is
 not installed, the same magics, panel and proxy run on llama.cpp instead, and say so.
 """

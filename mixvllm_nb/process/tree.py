@@ -1,7 +1,7 @@
 """Process trees: find every process of a server, including orphans, and stop them all.
 
 vLLM runs as an API server plus ``VLLM::EngineCore`` and ``VLLM::Worker`` children, and a SIGKILL
-of the API server leaves those children running (FINDINGS.md). Descendants alone are not enough
+of the API server leaves those children running (docs/FINDINGS.md). Descendants alone are not enough
 once a child has been re-parented, so every server is launched with a marker in its environment
 (inherited by all its children) and found again by that marker.
 

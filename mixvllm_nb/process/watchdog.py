@@ -1,7 +1,7 @@
 """A watchdog process: stops a server when the process that owns it dies without stopping it.
 
 A kernel killed with SIGKILL runs no ``atexit`` handler, and vLLM's engine children survive their
-parent (FINDINGS.md). So each owned server gets this small sibling process, which polls its
+parent (docs/FINDINGS.md). So each owned server gets this small sibling process, which polls its
 owner and, once the owner is gone, stops the server's whole tree and forgets its registry entry.
 
     python -m mixvllm_nb.process.watchdog --owner PID:STAMP --server PID:STAMP --name NAME
