@@ -138,8 +138,8 @@ def start_jupyterlab(root: Path, *, extensions: tuple[str, ...] = (), timeout: f
     raise RuntimeError(f"jupyter lab did not answer within {timeout} s:\n{lab.log()[-3000:]}")
 
 
-def run_first_cell(page, shows, *, timeout: float = 120) -> None:
-    """Run the notebook's first cell and wait until ``shows`` (a locator) is visible.
+def run_first_cell(page, shows, *, timeout: float = 120, cells: str = ".jp-Notebook .jp-Cell") -> None:
+    """Run the notebook's first cell (of those ``cells`` selects) and wait until ``shows`` (a locator) is visible.
 
     Lab and Notebook 7 report the kernel "idle" before its websocket is connected, and a
     Shift+Enter pressed then is dropped: press it again while the cell's prompt still reads
@@ -147,11 +147,11 @@ def run_first_cell(page, shows, *, timeout: float = 120) -> None:
     """
     from playwright.sync_api import expect
 
-    prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
+    prompt = page.locator(f"{cells} .jp-InputPrompt").first
     deadline = time.monotonic() + timeout
     while True:
         dismiss_dialogs(page)
-        page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+        page.locator(f"{cells} .cm-content").first.click()
         page.keyboard.press("Shift+Enter")
         try:
             expect(prompt).not_to_have_text("[ ]:", timeout=10_000)

@@ -112,6 +112,7 @@ class LaunchSection(widgets.VBox):
         self.outcome.add_class("mixvllm-outcome")
         self.estimate = widgets.HTML()
         self.sampling_note = widgets.HTML()
+        self.sampling_note.add_class("mixvllm-sampling-note")
         self.reported = widgets.HTML()
         # Hidden inputs keep their defaults, so they override nothing (a YAML file's values still apply).
         hidden = GPU_ONLY if on_cpu else CPU_ONLY
