@@ -276,7 +276,8 @@ class ChatSection(widgets.VBox):
         except (MixVLLMError, OSError) as exc:  # no Jupyter server found, or it said no: one line says why
             raise MixVLLMError(f"chat in a terminal: {exc}") from None
         self.status.value = (f"Terminal <b>{html.escape(info['name'])}</b> runs the chat: "
-                             f"<a href='{html.escape(info['url'])}' target='_blank'>open it</a>")
+                             f"<a href='{html.escape(info['url'])}' target='_blank'>open it</a> in a browser tab, "
+                             "or as a JupyterLab tab from the Running Terminals and Kernels panel")
         return info
 
     # -- helpers ---------------------------------------------------------------------------------
