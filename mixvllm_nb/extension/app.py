@@ -15,6 +15,8 @@ from .base import ExtensionState, MixVLLM
 from .garden import garden_routes
 from .openapi import OpenAPIHandler
 from .proxy import ProxyHandler
+from .routes_handlers import RouteHandler, RoutesHandler
+from .sleep_handlers import SleepHandler, WakeHandler
 from .terminals import ServerTerminalHandler, close_ended_chat_terminals
 from .upstream import close_idle_connections
 
@@ -35,7 +37,11 @@ def routes() -> list[tuple[str, type]]:
         (rf"/mixvllm/api/servers/{NAME}/terminal", ServerTerminalHandler),
         (rf"/mixvllm/api/servers/{NAME}/adapters", AdaptersHandler),
         (rf"/mixvllm/api/servers/{NAME}/adapters/(?P<adapter>[A-Za-z0-9][A-Za-z0-9_.-]{{0,63}})", AdapterHandler),
-        # Any path under a server reaches the handler, so that refused ones get our JSON 404.
+        (rf"/mixvllm/api/servers/{NAME}/sleep", SleepHandler),
+        (rf"/mixvllm/api/servers/{NAME}/wake", WakeHandler),
+        (r"/mixvllm/api/routes", RoutesHandler),
+        (rf"/mixvllm/api/routes/{NAME}", RouteHandler),
+        # Any path under a server (or a route of several) reaches the handler, so that refused ones get our JSON 404.
         (rf"/mixvllm/servers/{NAME}/(?P<path>.*)", ProxyHandler),
         *garden_routes(),  # seed 004's model-garden API, at /mixvllm/garden
     ]

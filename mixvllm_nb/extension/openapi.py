@@ -76,14 +76,39 @@ PATHS: dict[str, dict[str, Any]] = {
         "parameters": [_NAME, {"name": "adapter", "in": "path", "required": True, "schema": {"type": "string"}}],
         "delete": _op("Unload one LoRA adapter", _json(_OBJECT), errors=(403, 404, 409)),
     },
+    "/mixvllm/api/servers/{name}/sleep": {
+        "parameters": [_NAME, {"name": "level", "in": "query", "required": False,
+                               "schema": {"type": "integer", "enum": [1, 2], "default": 1}}],
+        "post": _op("Put a vLLM server to sleep (needs CUDA and inference.enable_sleep_mode; 409 says what is "
+                    "missing): the server's view with sleeping", _json("Server"), errors=(400, 403, 404, 409)),
+    },
+    "/mixvllm/api/servers/{name}/wake": {
+        "parameters": [_NAME],
+        "post": _op("Wake a sleeping vLLM server: the server's view with sleeping", _json("Server"),
+                    errors=(403, 404, 409)),
+    },
+    "/mixvllm/api/routes": {
+        "get": _op("Every route (one name in front of several servers)",
+                   _json({"type": "array", "items": _ref("Route")})),
+        "post": _op("Create a route {name, servers}; 201 (409 if it exists or a server has the name)",
+                    _json("Route"), body="RouteRequest", errors=(400, 403, 409)),
+    },
+    "/mixvllm/api/routes/{name}": {
+        "parameters": [_NAME],
+        "get": _op("One route", _json("Route"), errors=(403, 404)),
+        "put": _op("Create or replace the route with {servers}", _json("Route"), body="RouteServers",
+                   errors=(400, 403, 409)),
+        "delete": _op("Forget the route (its servers keep running)", _json(_OBJECT), errors=(403, 404)),
+    },
     "/mixvllm/servers/{name}/{path}": {
         "parameters": [_NAME, {"name": "path", "in": "path", "required": True, "schema": {
             "type": "string", "enum": ["v1/models", "v1/completions", "v1/chat/completions", "v1/embeddings",
                                        "health", "metrics"]}}],
-        "get": _op("Proxy to the server (v1/models, health, metrics), its own key added", _json(_OBJECT),
-                   errors=(403, 404, 405, 502, 503)),
-        "post": _op("Proxy to the server (v1/completions, v1/chat/completions, v1/embeddings), streamed",
-                    _json(_OBJECT), body="OpenAIRequest", stream=True, errors=(403, 404, 405, 413, 502, 503)),
+        "get": _op("Proxy to the server (v1/models, health, metrics), its own key added; for a route, v1/models "
+                   "merges its servers' lists", _json(_OBJECT), errors=(403, 404, 405, 502, 503)),
+        "post": _op("Proxy to the server (v1/completions, v1/chat/completions, v1/embeddings), streamed; for a "
+                    "route, to the server that serves the body's model (400 without one, 404 for an unknown one)",
+                    _json(_OBJECT), body="OpenAIRequest", stream=True, errors=(400, 403, 404, 405, 413, 502, 503)),
     },
     "/mixvllm/garden/api/v1/inference/load": {
         "post": _op("Seed 004's load: start (or reuse) the garden's one server; ready when it answers "
@@ -115,6 +140,15 @@ SCHEMAS: dict[str, Any] = {
                "generation_defaults, ...) or a seed's flat form", "additionalProperties": True},
     "Adapter": {"type": "object", "required": ["name", "path"],
                 "properties": {"name": {"type": "string"}, "path": {"type": "string"}}},
+    "Route": {"type": "object", "properties": {
+        "name": {"type": "string"}, "servers": {"type": "array", "items": {"type": "string"}},
+        "models": {"type": "object", "description": "each server's base model (served name)",
+                   "additionalProperties": {"type": "string"}},
+        "urls": {"type": "object", "properties": {"proxy": {"type": "string"}}}}},
+    "RouteRequest": {"type": "object", "required": ["name", "servers"], "properties": {
+        "name": {"type": "string"}, "servers": {"type": "array", "items": {"type": "string"}, "minItems": 1}}},
+    "RouteServers": {"type": "object", "required": ["servers"], "properties": {
+        "servers": {"type": "array", "items": {"type": "string"}, "minItems": 1}}},
     "OpenAIRequest": {"type": "object", "description": "An OpenAI API request body", "additionalProperties": True},
     "ChatRequest": {"type": "object", "required": ["messages"], "additionalProperties": True, "properties": {
         "model": {"type": "string", "description": "ignored: the loaded model answers"},

@@ -1,5 +1,7 @@
 """The authenticated streaming proxy: ``/mixvllm/servers/<name>/v1/...`` to a registered server's OpenAI API.
 
+``<name>`` may also be a route (:mod:`.routing`): several servers behind one name, chosen by the body's model.
+
 Clients authenticate to Jupyter (token, cookie + XSRF, or ``Authorization: Bearer <jupyter token>``,
 so ``openai.OpenAI(base_url=.../mixvllm/servers/<name>/v1, api_key=<jupyter token>)`` works). They
 never choose a host or port: only a registered name and a path from a short allowlist. Upstream,
@@ -26,6 +28,7 @@ from tornado.iostream import StreamClosedError
 from ..errors import ServerNotFoundError
 from ..process import registry
 from .base import MixvllmHandler, OpenAIError, error_body
+from .routing import relay_route, route_named
 from .upstream import Upstream, UpstreamError
 
 # Upstream path -> methods. Everything else a server offers (vLLM's /tokenize, /invocations,
@@ -162,6 +165,10 @@ class ProxyHandler(MixvllmHandler):
         self._pump.result()
 
     async def _relay_when_usable(self, name: str, path: str) -> None:
+        route = route_named(name)  # a route's request continues below, at the server that serves its model
+        if route is not None:
+            await relay_route(self, route, path)
+            return
         await self._relay(await self._usable_record(name), path)
 
     async def _usable_record(self, name: str) -> registry.ServerRecord:
