@@ -9,6 +9,10 @@ and the Jupyter token, which never enter the shell's environment), unless ``--se
 Commands: ``/system TEXT`` sets the system prompt (``/system`` alone clears it), ``/reset`` forgets the
 conversation, ``/temperature 0.3`` and ``/max_tokens 200`` (alone: the server's default), ``/help``,
 ``/exit`` (or ``exit``, ``quit``); Ctrl+D quits, Ctrl+C stops an answer.
+
+``--enable-mcp --mcp-config FILE`` offers the tools of the MCP servers listed in FILE to the model (see
+:mod:`mixvllm_nb.mcp_tools`): each call it makes is run, shown and answered; ``/tools`` lists them and
+``--tool-choice`` (or ``/tool_choice``) says whether it must call one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, TextIO
 
 from .client import Conversation, chat_turn
 from .config.options import SAMPLING_OPTIONS, Bounds, bounds
+from .errors import MixVLLMError
 
 PROMPT = "you> "
 # The variable a chat terminal sets to the path of its credentials file (see read_token_file).
@@ -38,6 +43,8 @@ HELP = "\n".join([
     "  /reset                  forget the conversation (the system prompt stays)",
     *(f"  /{name} VALUE".ljust(26) + f"{span.describe()} (/{name} alone: the server's default)"
       for name, span in SETTINGS.items()),
+    "  /tools                  the MCP tools offered (with --enable-mcp)",
+    "  /tool_choice CHOICE     auto, required, none or a tool's name (with --enable-mcp)",
     "  /help                   this help",
     "  /exit                   quit (or exit, quit, Ctrl+D); Ctrl+C stops an answer",
 ])
@@ -61,6 +68,8 @@ class ChatSession:
     out: TextIO = sys.stdout
     conversation: Conversation = field(default_factory=Conversation)
     params: dict[str, Any] = field(default_factory=dict)
+    toolbox: Any = None  # a started mcp_tools.toolbox.Toolbox, with --enable-mcp
+    tool_choice: str = "auto"
 
     def handle(self, line: str) -> bool:
         """Act on one input line (a command or a question); return False when the user quits."""
@@ -88,6 +97,10 @@ class ChatSession:
             self.say(f"[system prompt: {arg}]" if arg else "[system prompt cleared]")
         elif name[1:] in SETTINGS:
             self.set_param(name[1:], arg)
+        elif name == "/tools":
+            self.say(self.tools_text())
+        elif name == "/tool_choice":
+            self.set_tool_choice(arg)
         elif name == "/help":
             self.say(HELP)
         else:
@@ -111,10 +124,41 @@ class ChatSession:
         self.params[name] = value
         self.say(f"[{name}: {value}]")
 
+    def tools_text(self) -> str:
+        """Return the MCP tools offered, one per line (or why there are none)."""
+        if self.toolbox is None:
+            return "[no tools: start the chat with --enable-mcp --mcp-config FILE]"
+        return "\n".join(f"[tool] {t.name} ({t.server}): {t.description.splitlines()[0] if t.description else ''}"
+                         for t in self.toolbox.tools.values()) or "[the MCP servers offer no tools]"
+
+    def set_tool_choice(self, arg: str) -> None:
+        """Set the tool choice of the next questions, or say what is allowed."""
+        from .mcp_tools.chat import tool_choice_value
+
+        if self.toolbox is None:
+            self.say(self.tools_text())
+            return
+        try:
+            tool_choice_value(arg or "auto", self.toolbox)
+        except MixVLLMError as exc:
+            self.say(f"[{exc}]")
+            return
+        self.tool_choice = arg or "auto"
+        self.say(f"[tool choice: {self.tool_choice}]")
+
+    def turn(self, text: str) -> Any:
+        """Return the streamed transcript of one question: the answer, and the tool calls with --enable-mcp."""
+        if self.toolbox is None:
+            return chat_turn(self.client, self.model, self.conversation, text, **self.params)
+        from .mcp_tools.chat import tool_chat_turn
+
+        return tool_chat_turn(self.client, self.model, self.conversation, text, self.toolbox,
+                              tool_choice=self.tool_choice, **self.params)
+
     def ask(self, text: str) -> None:
         """Send a question and print the answer as it streams in."""
         try:
-            for piece in chat_turn(self.client, self.model, self.conversation, text, **self.params):
+            for piece in self.turn(text):
                 self.out.write(piece)
                 self.out.flush()
         except KeyboardInterrupt:
@@ -207,7 +251,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for option in SAMPLING_OPTIONS:  # the same flags as the magics' and mixvllm-serve's sampling
         kwargs = {**option.argparse_kwargs(), "help": f"{option.help} (default: the server's)"}
         parser.add_argument(*option.flags, **kwargs)
+    add_mcp_arguments(parser)
     return parser.parse_args(argv)
+
+
+def add_mcp_arguments(parser: Any) -> None:
+    """Add ``--enable-mcp``, ``--mcp-config`` and ``--tool-choice`` (the chat magic takes the same)."""
+    from .mcp_tools.chat import mcp_arguments
+
+    for flags, kwargs in mcp_arguments():
+        parser.add_argument(*flags, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +281,35 @@ def main(argv: list[str] | None = None) -> int:
     for name in SETTINGS:
         if getattr(args, name) is not None:
             session.set_param(name, str(getattr(args, name)))
-    return run(session, f"mixvllm-chat: {model} at {endpoint.label}. /help for commands, Ctrl+D to quit.")
+    greeting = f"mixvllm-chat: {model} at {endpoint.label}. /help for commands, Ctrl+D to quit."
+    if not (args.enable_mcp or args.mcp_config):
+        return run(session, greeting)
+    try:
+        from .mcp_tools.chat import tool_choice_value
+
+        session.toolbox = start_toolbox(args.mcp_config)
+        tool_choice_value(args.tool_choice, session.toolbox)  # an unknown tool's name: one line, before any question
+        session.tool_choice = args.tool_choice
+        return run(session, f"{greeting}\n{session.tools_text()}")
+    except MixVLLMError as exc:
+        print(f"mixvllm-chat: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if session.toolbox is not None:
+            session.toolbox.close()  # the stdio MCP servers stop with the chat
+
+
+def start_toolbox(path: str | None) -> Any:
+    """Return a started toolbox for the MCP servers in ``path``; ConfigError or MCPServerError in one line."""
+    from .mcp_tools import load_mcp_config
+    from .mcp_tools.toolbox import Toolbox
+
+    if not path:
+        from .errors import ConfigError
+
+        raise ConfigError("--enable-mcp: give --mcp-config FILE, the MCP servers to start (e.g. "
+                          "configs/mcp_servers.yaml)")
+    return Toolbox(load_mcp_config(path)).start()
 
 
 def run(session: ChatSession, greeting: str) -> int:

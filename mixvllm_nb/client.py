@@ -164,6 +164,33 @@ def stream_chat(client: Any, model: str, messages: list[dict[str, Any]], *, stat
     yield from _stream(stream, lambda choice: choice.delta.content, stats or StreamStats(), started)
 
 
+def stream_tool_round(client: Any, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                      tool_choice: Any, calls: list[dict[str, Any]], *, stats: StreamStats | None = None,
+                      **params: Any) -> Iterator[str]:
+    """Yield the answer's text pieces while ``tools`` are offered; once the stream ends, the tool calls the model
+    made are in ``calls`` (OpenAI ``tool_calls`` entries, their arguments as the model wrote them)."""
+    started = time.perf_counter()
+    stream = client.chat.completions.create(model=model, messages=messages, tools=tools, tool_choice=tool_choice,
+                                            stream=True, stream_options={"include_usage": True},
+                                            **request_params(params))
+    # A streamed call arrives in pieces keyed by index: the id and name first, the arguments in fragments.
+    parts: dict[int, dict[str, Any]] = {}
+
+    def text_and_calls(choice: Any) -> str | None:
+        for delta in choice.delta.tool_calls or []:
+            slot = parts.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+            slot["id"] = slot["id"] or delta.id
+            if delta.function is not None:
+                slot["name"] += delta.function.name or ""
+                slot["arguments"] += delta.function.arguments or ""
+        return choice.delta.content
+
+    yield from _stream(stream, text_and_calls, stats or StreamStats(), started)
+    calls += [{"id": slot["id"] or f"call_{index}", "type": "function",
+               "function": {"name": slot["name"], "arguments": slot["arguments"]}}
+              for index, slot in sorted(parts.items())]
+
+
 def stream_completion(client: Any, model: str, prompt: str, *, stats: StreamStats | None = None,
                       **params: Any) -> Iterator[str]:
     """Yield a plain completion's text pieces as they arrive; fill ``stats`` (usage, timings) on the way."""

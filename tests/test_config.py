@@ -349,7 +349,9 @@ def test_seed_004_load_request_gives_the_same_command_as_seed_001(tmp_path, monk
         config_from_dict({"model_path": MODEL, "model": {"name": MODEL}})
 
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# configs/mcp_servers.yaml lists MCP servers for the chat, not a server to launch (tests/test_mcp.py reads it).
+EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+                  if p.name != "mcp_servers.yaml")
 
 
 def test_the_example_configs_are_all_there():

@@ -300,7 +300,8 @@ def test_import_and_load_ext_import_no_heavy_module():
     code = ("import sys, mixvllm_nb\n"
             "from IPython.testing.globalipapp import start_ipython\n"
             "start_ipython().run_line_magic('load_ext', 'mixvllm_nb')\n"
-            "print(sorted(m for m in ('torch', 'vllm', 'transformers', 'openai', 'pydantic') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'vllm', 'transformers', 'openai', 'pydantic', 'mcp')\n"
+            "             if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"  # pydantic too: magic arguments are built on first use

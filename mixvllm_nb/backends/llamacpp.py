@@ -60,6 +60,10 @@ class LlamaCppServer(InferenceServer):
     def build_command(self) -> list[str]:
         """Return ``python -m mixvllm_nb.backends.llamacpp_serve --model file.gguf ...`` (llama_cpp.server's flags)."""
         cfg, inf = self.config, self.config.inference
+        for field_name in ("enable_auto_tool_choice", "tool_call_parser", "chat_template"):
+            if getattr(cfg.tools, field_name):
+                raise ConfigError(f"tools.{field_name}: tool calling is not on this engine (llamacpp) in mixvllm_nb; "
+                                  "use backend vllm for it")
         if not self.model.endswith(".gguf"):
             raise ConfigError(
                 f"model.name: {self.model!r} is not a .gguf file; the llamacpp backend serves GGUF files "

@@ -222,6 +222,48 @@ class LoraConfig(_Section):
         return value
 
 
+@functools.cache
+def tool_call_parsers() -> tuple[str, ...]:
+    """Return the ``--tool-call-parser`` names the installed vLLM registers, read from its source without importing
+    it; () without vLLM (any name is then passed on, and vLLM says if it does not know it)."""
+    spec = importlib.util.find_spec("vllm")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            tree = ast.parse((Path(folder) / "tool_parsers" / "__init__.py").read_text())
+        except (OSError, SyntaxError):
+            continue
+        for node in tree.body:
+            target = getattr(node, "target", None) or (node.targets[0] if isinstance(node, ast.Assign) else None)
+            if getattr(target, "id", "") == "_TOOL_PARSERS_TO_REGISTER" and isinstance(node.value, ast.Dict):
+                return tuple(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+    return ()
+
+
+class ToolsConfig(_Section):
+    """Tool calling (OpenAI ``tools``, the chat's MCP tools): the ``tools:`` section (vLLM only)."""
+
+    enable_auto_tool_choice: bool = option(
+        False, "let the model call tools (OpenAI tools, MCP tools in the chat): vLLM's tool calling, read with "
+        "--tool-call-parser (default hermes)", flag="--enable-auto-tool-choice",
+    )
+    tool_call_parser: str | None = option(
+        None, "how vLLM reads tool calls in the model's text (default with tool choice on: hermes, for "
+        "SmolLM2/Qwen/Hermes-style templates; llama3_json for Llama 3, mistral for Mistral)",
+        flag="--tool-call-parser", choices=tool_call_parsers(),
+    )
+    chat_template: str | None = option(
+        None, "a Jinja chat template file replacing the model's (one that lists the tools to the model)",
+        flag="--chat-template",
+    )
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        if value is not None and tool_call_parsers() and value not in tool_call_parsers():
+            raise ValueError("allowed: " + ", ".join(tool_call_parsers()))
+        return value
+
+
 class ServeConfig(_Section):
     """Everything needed to launch one inference server, validated."""
 
@@ -248,6 +290,7 @@ class ServeConfig(_Section):
     debug_mode: bool = Field(False, description="Report every pid checked when stopping.")
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
 
     @field_validator("env_vars", mode="before")
     @classmethod

@@ -24,6 +24,9 @@ from .common import (
 
 # One conversation per server, kept until --new or until the server is stopped from this kernel.
 _conversations: dict[str, Any] = {}
+# Started MCP toolboxes by config file: (its mtime, the toolbox). Their servers keep running between cells (a
+# server's state lasts the conversation) and stop when the file changes, at close_toolboxes(), or at kernel exit.
+_toolboxes: dict[str, tuple[float, Any]] = {}
 
 
 def forget_conversation(name: str) -> None:
@@ -68,6 +71,49 @@ def output_format_of(args: Any, namespace: dict[str, Any]) -> Any:
     return output_format(json_schema=schema, choice=choice, regex=args.regex, grammar=grammar)
 
 
+def chat_magic_arguments() -> list[Spec]:
+    """The chat flags, then ``--enable-mcp``, ``--mcp-config`` and ``--tool-choice`` (as ``mixvllm-chat``'s)."""
+    from ..mcp_tools.chat import mcp_arguments
+
+    return [*chat_arguments(), *mcp_arguments()]
+
+
+def mcp_toolbox(args: Any) -> Any:
+    """Return the started toolbox ``%vllm_chat --enable-mcp --mcp-config FILE`` asks for (None without MCP).
+
+    ``--enable-mcp`` alone reuses the toolbox of the last file given in this kernel.
+    """
+    if not (args.enable_mcp or args.mcp_config):
+        return None
+    from ..mcp_tools import load_mcp_config
+    from ..mcp_tools.toolbox import Toolbox
+
+    if args.mcp_config is None:
+        if not _toolboxes:
+            raise UsageError("--enable-mcp: give --mcp-config FILE, the MCP servers to start "
+                             "(e.g. configs/mcp_servers.yaml)")
+        return list(_toolboxes.values())[-1][1]
+    path = Path(args.mcp_config).expanduser().resolve()
+    stamp = path.stat().st_mtime if path.is_file() else 0.0
+    known = _toolboxes.get(str(path))
+    if known is not None and known[0] == stamp:
+        return known[1]
+    specs = load_mcp_config(args.mcp_config)  # a bad file: one line, and the running toolbox stays
+    if known is not None:
+        known[1].close()
+        _toolboxes.pop(str(path))
+    toolbox = Toolbox(specs).start()
+    _toolboxes[str(path)] = (stamp, toolbox)
+    print("MCP tools: " + ", ".join(f"{t.name} ({t.server})" for t in toolbox.tools.values()))
+    return toolbox
+
+
+def close_toolboxes() -> None:
+    """Stop every MCP server the chat magic started in this kernel."""
+    while _toolboxes:
+        _toolboxes.popitem()[1][1].close()
+
+
 def structured_value(fmt: Any, text: str, stats: Any) -> Any:
     """Return the parsed answer when a format was asked for (the magic's result), else None."""
     return None if fmt is None else fmt.value_of(text, stats)
@@ -104,7 +150,7 @@ class ChatMagics(Magics):
     """``%vllm_chat``, ``%vllm_generate``, ``%vllm_client``, ``%vllm_terminal``."""
 
     @line_cell_magic
-    @magic_command(chat_arguments)
+    @magic_command(chat_magic_arguments)
     @argument("--server", help="server name (default: the newest)")
     @argument("--model", help="model or LoRA adapter to answer, by its served name (default: the server's model)")
     @argument("--system", help="system prompt (kept for the conversation)")
@@ -115,7 +161,8 @@ class ChatMagics(Magics):
         """Chat with a server; the answer streams in; the conversation is kept until ``--new``.
 
         With ``--json-schema``, ``--choice``, ``--regex`` or ``--grammar`` the answer is constrained and its
-        parsed value is the result (``x = %vllm_chat --json-schema Person ...``).
+        parsed value is the result (``x = %vllm_chat --json-schema Person ...``). With ``--enable-mcp
+        --mcp-config FILE`` the MCP servers' tools are offered: each call is run and shown, then the answer follows.
         """
         from ..client import Conversation, StreamStats, chat_turn, openai_client
         from ..structured import request_keywords
@@ -135,11 +182,19 @@ class ChatMagics(Magics):
                 return
             raise UsageError("nothing to say: %vllm_chat your message, or %%vllm_chat with the message in the cell")
         extra = request_keywords(fmt, server.backend_name, "chat")
+        toolbox = mcp_toolbox(args)
         client = openai_client(server.base_url, server.api_key)
         stats = StreamStats()
+        model = args.model or server.served_model_name
         try:
-            pieces = chat_turn(client, args.model or server.served_model_name, conversation, text, images=args.image,
-                               stats=stats, **sampling_of(args), **extra)
+            if toolbox is None:
+                pieces = chat_turn(client, model, conversation, text, images=args.image, stats=stats,
+                                   **sampling_of(args), **extra)
+            else:
+                from ..mcp_tools.chat import tool_chat_turn
+
+                pieces = tool_chat_turn(client, model, conversation, text, toolbox, tool_choice=args.tool_choice,
+                                        images=args.image, stats=stats, **sampling_of(args), **extra)
             answer = print_stream(pieces, stats)
         except MixVLLMError:
             raise
