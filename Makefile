@@ -25,6 +25,7 @@ bench:
 	.venv/bin/python benchmarks/proxy.py vllm
 	.venv/bin/python benchmarks/structured_output.py
 	.venv/bin/python benchmarks/adapters.py
+	.venv/bin/python benchmarks/routes.py
 	.venv/bin/python benchmarks/quickstart_memory.py
 	.venv/bin/python benchmarks/gpu_detection.py
 	.venv/bin/python benchmarks/readme_table.py
