@@ -150,6 +150,56 @@ async def test_several_10_mb_images_reach_the_model_where_the_proxy_refuses_them
     assert sent.json()["max_tokens"] == 5 and "images" not in sent.json()
 
 
+def multipart(fields: dict[str, str], files: list[tuple[str, str, str, bytes]]) -> tuple[bytes, str]:
+    """Return a multipart/form-data body and its Content-Type (files: field, filename, content type, bytes)."""
+    boundary = "mixvllm-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    for field, filename, kind, data in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+                     f"Content-Type: {kind}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def test_images_uploaded_as_files_reach_the_model_as_data_urls(fetch, upstream, token):
+    small, big = b"\x89PNG small", os.urandom(10 * 10**6)  # 10 MB: within the 10 MiB per-image limit
+    body, kind = multipart({"prompt": "42", "max_tokens": "5", "temperature": "0.5"},
+                           [("images", "a.png", "image/png", small), ("images", "b.jpg", "image/jpeg", big)])
+    answer = await fetch(f"{G}/inference/generate", "POST", body, auth(token, **{"Content-Type": kind}))
+    assert answer.code == 200, answer.body
+    sent = upstream.hits[-1].json()
+    assert upstream.hits[-1].path == "/v1/chat/completions" and sent["max_tokens"] == 5 and sent["temperature"] == 0.5
+    content = sent["messages"][0]["content"]
+    assert content[0] == {"type": "text", "text": "42"}  # a prompt stays text, even when it reads as a number
+    assert [part["image_url"]["url"] for part in content[1:]] == [
+        f"data:image/png;base64,{base64.b64encode(small).decode()}",
+        f"data:image/jpeg;base64,{base64.b64encode(big).decode()}"]
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is this?"}]}
+    body, kind = multipart({"request": json.dumps(chat)}, [("image", "c.png", "image/png", small)])
+    answer = await fetch(f"{G}/chat/completions", "POST", body, auth(token, **{"Content-Type": kind}))
+    assert answer.code == 200, answer.body
+    assert upstream.hits[-1].json()["messages"] == [chat["messages"][0], {"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{base64.b64encode(small).decode()}"}}]}]
+
+
+async def test_an_image_over_the_limit_or_not_an_image_is_refused_in_one_line(fetch, upstream, token):
+    over = os.urandom(10 * 2**20 + 1)
+    cases = [
+        (multipart({"prompt": "x"}, [("images", "huge.png", "image/png", over)]), 413, "upload 'huge.png' is 10,485,761"),
+        (multipart({"prompt": "x"}, [("images", "notes.txt", "text/plain", b"hi")]), 400, "'text/plain' is not an image"),
+        (multipart({"prompt": "x"}, [("attachment", "a.png", "image/png", b"x")]), 400, "file field 'attachment'"),
+    ]
+    inline = json.dumps({"prompt": "x", "images": [f"data:image/png;base64,{base64.b64encode(over).decode()}"]})
+    cases.append(((inline.encode(), "application/json"), 413, "a data: URL image is 10,485,76"))
+    for (body, kind), code, said in cases:
+        response = await fetch(f"{G}/inference/generate", "POST", body, auth(token, **{"Content-Type": kind}))
+        assert response.code == code, (said, response.code)
+        message = error_of(response)["message"]
+        assert said in message and "\n" not in message, message
+    assert upstream.hits == []  # nothing reached the model
+
+
 @pytest.mark.parametrize("jupyter_overrides", [{"MixVLLM": {"garden_max_body_bytes": 2000}}])
 async def test_the_garden_body_limit_is_its_own_setting(fetch, upstream, token):
     small = json.dumps({"prompt": "x" * 1000})

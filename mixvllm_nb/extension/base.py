@@ -58,6 +58,10 @@ class MixVLLM(Configurable):
     terminal_check_interval = Float(
         3.0, config=True, help="Seconds between checks that close the chat terminals of servers that have ended."
     )
+    garden_max_image_bytes = Int(
+        10 * 2**20, config=True,
+        help="Largest image the model-garden routes accept, in bytes, uploaded or as a base64 data: URL (413 above).",
+    )
     health_timeout = Float(
         2.0, config=True, help="Seconds a health probe of a server still marked 'starting' may take."
     )

@@ -8,8 +8,9 @@ config replaces it, loading the same one reuses it, and it stops with the Jupyte
 config a running server already serves (a kernel's, under another name) uses that one instead of loading
 the model twice; unloading then only lets go of it: a server the garden did not start is not its to stop.
 
-Generate and chat bodies may carry images (URLs, base64 data URLs, several per message), so their limit
-is ``MixVLLM.garden_max_body_bytes``, not the proxy's ``max_body_bytes``; the refusal itself (413 as
+Generate and chat bodies may carry images (URLs, base64 data URLs, several per message, or files uploaded as
+``multipart/form-data``: see uploads.py), so their limit is ``MixVLLM.garden_max_body_bytes``, not the proxy's
+``max_body_bytes``, and each image is held to ``MixVLLM.garden_max_image_bytes``; the refusal itself (413 as
 the body arrives, the rest drained) is the proxy's.
 """
 
@@ -37,6 +38,7 @@ from .api_handlers import rest_view
 from .base import MixvllmHandler, OpenAIError
 from .policy import check_remote_config
 from .proxy import DRAIN_BYTES, ProxyHandler, upstream_headers
+from .uploads import request_body, with_images
 from .upstream import Upstream, UpstreamError
 
 GARDEN = "garden"
@@ -256,12 +258,9 @@ class _GardenBodyHandler(ProxyHandler):
         return await self._usable_record(record.name)
 
     def _json_body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(b"".join(self._chunks) or b"{}")
-        except ValueError as exc:
-            raise OpenAIError(400, f"request body: invalid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise OpenAIError(400, "request body: expected a JSON object", code="invalid_json")
+        """Return the body as JSON; uploaded images (multipart) are kept for the handler in ``self.uploaded``."""
+        body, self.uploaded = request_body(self.request.headers.get("Content-Type", ""), b"".join(self._chunks),
+                                           self.state.config.garden_max_image_bytes)
         return body
 
 
@@ -270,6 +269,7 @@ class ChatHandler(_GardenBodyHandler):
 
     async def answer(self, record: registry.ServerRecord, body: dict[str, Any]) -> None:
         """Relay the request (the seed's clients send any model name: "ignored by vLLM")."""
+        body = with_images(body, self.uploaded)
         body["model"] = record.served_model_name
         self._chunks = [json.dumps(body).encode()]
         await self._forward(record.name, "v1/chat/completions")
@@ -287,6 +287,7 @@ class GenerateHandler(_GardenBodyHandler):
         if not isinstance(images, list) or not all(isinstance(url, str) for url in images):
             raise OpenAIError(400, 'request body: "images" must be a list of URLs or data: URLs (strings)',
                               code="invalid_request")
+        images = [*images, *self.uploaded]
         stream = bool(body.pop("stream", False))
         request = {**body, "model": record.served_model_name, "stream": stream}
         if images:  # an image needs the model's chat template: one user message, text then images
