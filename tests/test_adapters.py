@@ -251,6 +251,27 @@ def test_the_magic_loads_chats_lists_and_unloads(ip, lora_server, trained_adapte
     assert ip.run_line_magic("vllm_lora", "list --server lora-test") == []
 
 
+@pytest.mark.vllm
+def test_the_panels_chat_lists_the_adapters_and_answers_with_the_one_picked(lora_server, trained_adapter):
+    from mixvllm_nb.panel.chat import ChatSection
+    from mixvllm_nb.panel.errors import ErrorBox
+    from mixvllm_nb.panel.sampling import SamplingSection
+
+    chat = ChatSection(ErrorBox(), SamplingSection(), lambda: lora_server)
+    chat.follow(lora_server)
+    assert chat.model.options == (lora_server.served_model_name,) and chat.models_button.layout.display is None
+    load_adapter(lora_server, "panel", trained_adapter)
+    try:
+        chat.models_button.click()  # loaded after the panel showed the server: Refresh adapters lists it
+        assert chat.model.options == (lora_server.served_model_name, "panel")
+        chat.model.value = "panel"
+        chat.send(QUESTION).join(120)
+        assert chat.errors.message == "" and SECRET in chat.last_answer
+        assert "model='panel'" in chat.show_code()  # "Copy as code" asks for the same model
+    finally:
+        unload_adapter(lora_server, "panel")
+
+
 class DenyKernels(Authorizer):
     """Allows this extension but not starting kernels."""
 

@@ -160,10 +160,17 @@ def test_attach_image_shows_only_for_a_vision_model(tmp_path):
     assert not accepts_images(str(tmp_path / "SmolLM2.F16.gguf")) and not accepts_images("remote-name")
     chat = ChatSection(ErrorBox(), SamplingSection(), lambda: None)
     assert chat.upload.layout.display == "none"  # before any server is selected
-    chat.follow(SimpleNamespace(model=vision))
+    chat.follow(_server(vision))
     assert chat.upload.layout.display != "none"
-    chat.follow(SimpleNamespace(model=text))
+    chat.follow(_server(text))
     assert chat.upload.layout.display == "none"
+    assert chat.model.options == ("text-model",) and chat.models_button.layout.display == "none"  # no LoRA: no list
+
+
+def _server(model: str) -> SimpleNamespace:
+    from mixvllm_nb.config import ServeConfig
+
+    return SimpleNamespace(model=model, served_model_name="text-model", attached=False, config=ServeConfig())
 
 
 def test_the_chat_says_what_an_answer_took_in_tokens(monkeypatch):

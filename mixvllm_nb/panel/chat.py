@@ -123,6 +123,10 @@ class ChatSection(widgets.VBox):
         self.terminal_button = widgets.Button(description="Chat in a terminal")
         self.output_format = widgets.Dropdown(options=list(OUTPUT_FORMATS), value="free text",
                                               description="Output")
+        # The base model, and the LoRA adapters loaded on the server (each a model of its own).
+        self.model = widgets.Dropdown(options=[], description="Model")
+        self.model.add_class("mixvllm-model")
+        self.models_button = widgets.Button(description="Refresh adapters", layout=widgets.Layout(display="none"))
         self.format_spec = widgets.Textarea(rows=2, layout=widgets.Layout(width="95%", display="none"))
         self.output_format.observe(lambda change: self._show_format_box(change["new"]), names="value")
         self.result = widgets.HTML()
@@ -136,9 +140,11 @@ class ChatSection(widgets.VBox):
         self.clear_button.on_click(guard(lambda _: self.clear()))
         self.code_button.on_click(guard(lambda _: self.show_code()))
         self.terminal_button.on_click(guard(lambda _: self.open_terminal()))
+        self.models_button.on_click(guard(lambda _: self.refresh_models()))
         buttons = widgets.HBox([self.send_button, self.stop_button, self.clear_button, self.upload])
         extras = widgets.HBox([self.code_button, self.terminal_button])
-        super().__init__([self.transcript, self.system, self.message, self.output_format, self.format_spec, buttons,
+        super().__init__([self.transcript, self.system, self.message,
+                          widgets.HBox([self.model, self.models_button]), self.output_format, self.format_spec, buttons,
                           self.result, self.status, extras, self.code])
 
     # -- actions ---------------------------------------------------------------------------------
@@ -187,7 +193,7 @@ class ChatSection(widgets.VBox):
         started = time.monotonic()
         try:
             client = openai_client(server.base_url, server.api_key)
-            answer = chat_turn(client, server.served_model_name, self.conversation, text,
+            answer = chat_turn(client, self.model.value or server.served_model_name, self.conversation, text,
                                images=images or None, stats=stats, **params)
             try:
                 for piece in answer:
@@ -258,8 +264,8 @@ class ChatSection(widgets.VBox):
             conversation.messages.append(user_message("What is the capital of France?"))
         fmt = format_from_widgets(self.output_format.value, self.format_spec.value)
         extra = request_keywords(fmt, server.backend_name, "chat")
-        code = openai_code(server.base_url, server.served_model_name, conversation.request_messages(),
-                           {**self.sampling.params(), **extra})
+        model = self.model.value or server.served_model_name
+        code = openai_code(server.base_url, model, conversation.request_messages(), {**self.sampling.params(), **extra})
         self.code.value = (f"<pre style='font-size:12px;background:#f6f8fa;padding:6px;user-select:all'>"
                            f"{html.escape(code)}</pre>")
         return code
@@ -298,11 +304,32 @@ class ChatSection(widgets.VBox):
         return server
 
     def follow(self, server: Any) -> None:
-        """Adapt to the selected server: the image button shows only when its model takes images."""
+        """Adapt to the selected server: its models (and adapters) to pick; images only when its model takes them."""
         vision = server is not None and accepts_images(server.model)
         self.upload.layout.display = None if vision else "none"
         if not vision:
             self.upload.value = ()  # nothing attached for one model travels to the next
+        lora = server is not None and not server.attached and server.config.lora.enabled
+        self.models_button.layout.display = None if lora else "none"
+        self.model.options = [server.served_model_name] if server is not None else []
+        if lora:
+            self.refresh_models(quiet=True)
+
+    def refresh_models(self, quiet: bool = False) -> list[str]:
+        """List the server's base model and the adapters loaded on it now (``quiet``: no error while it starts)."""
+        from ..adapters import list_adapters
+
+        server = self._server()
+        try:
+            adapters = [adapter["name"] for adapter in list_adapters(server)]
+        except MixVLLMError:
+            if quiet:
+                return list(self.model.options)
+            raise
+        chosen = self.model.value
+        self.model.options = [server.served_model_name, *adapters]
+        self.model.value = chosen if chosen in self.model.options else server.served_model_name
+        return list(self.model.options)
 
 
 def accepts_images(model: str) -> bool:
