@@ -13,6 +13,7 @@ turn goes on.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,14 @@ TOOL_CHOICES = ("auto", "required", "none")
 MAX_ROUNDS = 4
 CHOICE_HELP = ("auto: the model decides (the server needs --enable-auto-tool-choice); required: it must call a "
                "tool first; none: no calls; NAME: it must call that tool first")
+
+
+def _compact(arguments: str) -> str:
+    """Return a call's arguments on one line: compact JSON (models may write it indented), else as written."""
+    try:
+        return json.dumps(json.loads(arguments), ensure_ascii=False)
+    except ValueError:
+        return " ".join(arguments.split())
 
 
 def mcp_arguments() -> list[tuple[tuple[str, ...], dict[str, Any]]]:
@@ -98,7 +107,7 @@ def tool_chat_turn(client: Any, model: str, conversation: Conversation, text: st
             yield "\n"
         for call in calls:
             function = call["function"]
-            yield f"[tool call] {function['name']}({function['arguments']})\n"
+            yield f"[tool call] {function['name']}({_compact(function['arguments'])})\n"
             outcome = toolbox.call(function["name"], function["arguments"])
             yield outcome.line() + "\n"
             conversation.messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.for_model()})

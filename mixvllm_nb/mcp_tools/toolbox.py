@@ -48,9 +48,13 @@ class MCPTool:
     parameters: dict[str, Any]
 
     def openai(self) -> dict[str, Any]:
-        """Return the tool as an OpenAI ``tools`` entry."""
+        """Return the tool as an OpenAI ``tools`` entry, ``strict``: its arguments are decoded under its schema.
+
+        Measured on vLLM 0.32 CPU with the embedded SmolLM2-135M, tool_choice required: without ``strict`` the
+        arguments came back as ``"Paris"`` (any JSON), with it as ``{"city": "Paris"}``.
+        """
         return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.parameters}}
+                                                 "parameters": self.parameters, "strict": True}}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("mixvllm-test-tools")
+# MCP_TOOLS=get_weather,add offers only those (a model forced to call "a tool" then has one choice).
+OFFERED = os.environ.get("MCP_TOOLS", "get_weather,add,explode,slow").split(",")
 WEATHER_FACT = "sunny, 21 C, wind 7 km/h (station ref ZX-41)"
 
 
@@ -25,34 +27,34 @@ def _log(tool: str, arguments: dict) -> None:
             handle.write(json.dumps({"tool": tool, "arguments": arguments, "pid": os.getpid()}) + "\n")
 
 
-@server.tool()
 def get_weather(city: str) -> str:
     """Return today's weather in a city."""
     _log("get_weather", {"city": city})
     return f"Weather in {city}: {WEATHER_FACT}"
 
 
-@server.tool()
 def add(a: int, b: int) -> int:
     """Add two whole numbers."""
     _log("add", {"a": a, "b": b})
     return a + b
 
 
-@server.tool()
 def explode(reason: str) -> str:
     """Always fail (for the tests of a tool that raises)."""
     _log("explode", {"reason": reason})
     raise RuntimeError(f"exploded on purpose: {reason}")
 
 
-@server.tool()
 async def slow(seconds: float) -> str:
     """Answer after ``seconds`` (for the tests of a tool that times out)."""
     _log("slow", {"seconds": seconds})
     await anyio.sleep(seconds)
     return f"slept {seconds} s"
 
+
+for tool in (get_weather, add, explode, slow):
+    if tool.__name__ in OFFERED:
+        server.tool()(tool)
 
 if __name__ == "__main__":
     _log("(started)", {})  # the pid, for the tests that check the server is gone after the chat
