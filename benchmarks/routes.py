@@ -6,7 +6,8 @@ and the vLLM server, so the route looks past one member before it finds the mode
 rounds sends one streamed chat per path, the order alternating from round to round so that machine noise
 hits both alike (``ignore_eos``, ``--max-tokens`` tokens, temperature 0). Per request: time to first token
 and tokens / seconds from sending to the last token. Then ``--rounds`` rounds of ``--concurrency``
-concurrent streams per path: tokens/s of the round. Targets: route's median time to first token within
+concurrent streams per path: tokens/s of the round. Also the route's own work per request (finding the route
+and the member), timed in-process, free of the engine's noise. Targets: route's median time to first token within
 1 ms of the proxy's; route's tokens/s at least 0.98x the proxy's. Result: results/routes.json.
 
     .venv/bin/python benchmarks/routes.py [--requests 20] [--max-tokens 32] [--concurrency 8] [--rounds 3]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +35,22 @@ from mixvllm_nb.process import registry, routes  # noqa: E402
 from mixvllm_nb.process.ports import free_port  # noqa: E402
 
 ROUTE = "bench-route"
+
+
+def lookup_us(model: str, n: int = 2000) -> list[float]:
+    """Return the route's own work per request, in microseconds, timed in this process (no engine noise):
+    finding the route and the member whose base model is asked for (what the proxy adds before relaying)."""
+    import time
+
+    from mixvllm_nb.extension.routing import _base_models, route_named
+
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        route = route_named(ROUTE)
+        assert route is not None and model in _base_models(route).values()
+        samples.append((time.perf_counter() - started) * 1e6)
+    return samples
 
 
 async def measure(paths: list[Route], model: str, args: argparse.Namespace) -> None:
@@ -76,6 +94,7 @@ def main() -> None:
                                   base_url="http://127.0.0.1:1", kind="attached", state="ready")
     registry.save(other)
     routes.set_route(ROUTE, [other.name, server.name])
+    lookup = lookup_us(server.served_model_name)
     home = Path(tempfile.mkdtemp(prefix="mixvllm-bench-jupyter-"))
     jupyter, url, token = start_jupyter(home, with_jsp=False)
     try:
@@ -101,8 +120,9 @@ def main() -> None:
         what=f"{args.requests} streamed chats ({args.max_tokens} tokens) per path through a 2-server route vs the "
              f"server's proxy path, interleaved, one vLLM server, then {args.rounds}x{args.concurrency} concurrent",
         result=f"first token {route.median('ttft_ms'):.1f} vs {proxy.median('ttft_ms'):.1f} ms ({ttft_delta:+.1f} ms); "
-               f"{ratio:.2f}x tokens/s, {concurrent:.2f}x at {args.concurrency} streams (medians)",
-        samples={p.name: p.samples for p in paths},
+               f"{ratio:.2f}x tokens/s, {concurrent:.2f}x at {args.concurrency} streams (medians); the route's "
+               f"own lookup {statistics.median(lookup):.0f} us",
+        samples={**{p.name: p.samples for p in paths}, "route lookup in-process": {"us": lookup}},
         parameters=vars(args),
         extra={"ttft_ms_route_minus_proxy": ttft_delta, "tokens_per_s_ratio": ratio,
                "concurrent_tokens_per_s_ratio": concurrent, "targets_met": met, "model": server.served_model_name},
@@ -112,6 +132,7 @@ def main() -> None:
               f"tokens/s {p.median('tokens_per_s'):6.1f}; concurrent {p.median('concurrent_tokens_per_s'):6.1f}")
     print(f"route - proxy first token {ttft_delta:+.2f} ms; tokens/s {ratio:.3f}x; concurrent {concurrent:.3f}x; "
           f"targets (1 ms, 0.98x): {met}")
+    print(f"the route's own lookup per request: median {statistics.median(lookup):.0f} us, max {max(lookup):.0f} us")
     print(f"saved {path}")
 
 

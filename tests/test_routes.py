@@ -94,6 +94,7 @@ def test_a_route_is_stored_0600_and_seen_by_another_process(pair, state_dir):
     assert routes.get_route("duo") == {"name": "duo", "servers": ["alpha", "beta"],
                                        "models": {"alpha": "model-a", "beta": "model-b"}}
     assert stat.S_IMODE(os.stat(state_dir / "routes.json").st_mode) == 0o600
+    assert routes.is_route("duo") and not routes.is_route("alpha") and not routes.is_route("nothing")
     seen = subprocess.run([sys.executable, "-c", "from mixvllm_nb.process import routes; print(routes.list_routes())"],
                           capture_output=True, text=True, timeout=60, env=os.environ)
     assert seen.stdout.strip() == "{'duo': ['alpha', 'beta']}", seen.stderr
@@ -204,6 +205,7 @@ async def test_a_member_that_ended_answers_502_for_its_model(fetch, pair, token)
 
 async def test_a_server_registered_under_a_routes_name_takes_it_over(fetch, pair, token):
     with member("duo", "model-d") as d:
+        assert not routes.is_route("duo")
         response = await fetch("mixvllm/servers/duo/v1/chat/completions", "POST", chat_body("model-a"), auth(token))
         assert response.code == 200 and len(chats(d)) == 1 and chats(pair[0]) == []
 

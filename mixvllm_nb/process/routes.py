@@ -74,6 +74,11 @@ def get_route(name: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
     return {"name": name, "servers": list(route["servers"]), "models": dict(route.get("models") or {})}
 
 
+def is_route(name: str) -> bool:
+    """Return True when ``name`` is a route that no server's name hides (a server of that name wins)."""
+    return name in _read() and registry.get(name, missing_ok=True) is None
+
+
 def set_route(name: str, servers: list[str]) -> dict[str, Any]:
     """Create or replace the route ``name`` in front of ``servers``; return it.
 
