@@ -69,6 +69,22 @@ def test_launch_starts_with_the_selected_servers_sampling_so_it_reuses_what_the_
     assert launch.build_config().generation_defaults.temperature is None and launch.sampling_note.value == ""
 
 
+def test_sleep_and_wake_show_on_a_gpu_machine_only_and_say_in_one_line_what_is_missing(monkeypatch):
+    from mixvllm_nb import VLLMServer
+
+    assert _launch(on_cpu=True).sleep_button.layout.display == "none"
+    server = VLLMServer("org/some-model", port=8127)
+    # A GPU machine's panel (on_cpu=False) on this machine, which has none: sleep mode's check answers.
+    launch = LaunchSection(ErrorBox(), lambda _server: None, lambda: server, on_cpu=False)
+    assert launch.sleep_button.layout.display is None and launch.wake_button.layout.display is None
+    launch.sleep_button.click()
+    launch.wait(10)
+    deadline = __import__("time").monotonic() + 10
+    while "needs a CUDA GPU" not in launch.outcome_text and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.05)
+    assert "sleep mode needs a CUDA GPU" in launch.outcome_text and "\n" not in launch.outcome_text
+
+
 def test_max_model_len_not_set_reads_as_the_models_default_not_zero():
     launch = _launch(on_cpu=True)
     box = launch.inputs["max_model_len"]

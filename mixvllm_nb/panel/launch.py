@@ -105,6 +105,12 @@ class LaunchSection(widgets.VBox):
         self.load_button.on_click(guard(lambda _: self.load_yaml()))
         self.launch_button.on_click(guard(lambda _: self.launch()))
         self.stop_button.on_click(guard(lambda _: self.stop()))
+        # vLLM's sleep mode frees GPU memory without a restart; a CPU build has none, so a CPU machine shows no buttons.
+        shown_on_gpu = widgets.Layout(display="none" if on_cpu else None)
+        self.sleep_button = widgets.Button(description="Sleep", layout=shown_on_gpu)
+        self.wake_button = widgets.Button(description="Wake", layout=widgets.Layout(display=shown_on_gpu.display))
+        self.sleep_button.on_click(guard(lambda _: self.sleep_or_wake("sleep")))
+        self.wake_button.on_click(guard(lambda _: self.sleep_or_wake("wake")))
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="320px"))
         self.phase = widgets.HTML()
         self.phase.add_class("mixvllm-phase")
@@ -122,7 +128,7 @@ class LaunchSection(widgets.VBox):
             *shown,
             self.estimate,
             self.sampling_note,
-            widgets.HBox([self.launch_button, self.stop_button]),
+            widgets.HBox([self.launch_button, self.stop_button, self.sleep_button, self.wake_button]),
             widgets.HBox([self.progress, self.phase]),
             self.outcome,
             self.reported,
@@ -284,6 +290,27 @@ class LaunchSection(widgets.VBox):
             self._set_outcome(html.escape(summary))
 
         return start_thread(self.errors, run, "stop")
+
+    def sleep_or_wake(self, action: str) -> threading.Thread:
+        """Put the selected server to sleep (level 1) or wake it, in a background thread; say how long it took."""
+        from ..sleep import sleep_server, wake_server
+
+        server = self.get_server()
+        if server is None:
+            raise MixVLLMError(f"no server selected: nothing to {action}")
+        self._set_outcome(f"{'Putting' if action == 'sleep' else 'Waking'} <b>{html.escape(server.name)}</b>"
+                          f"{' to sleep' if action == 'sleep' else ''}…")
+
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                said = sleep_server(server) if action == "sleep" else wake_server(server)
+            except MixVLLMError as exc:  # e.g. no CUDA: the one line says what is missing
+                self._set_outcome(html.escape(str(exc)), error=True)
+                return
+            self._set_outcome(f"{html.escape(said)} ({time.monotonic() - started:.1f} s)")
+
+        return start_thread(self.errors, run, action)
 
     def show_progress(self, server: Any, state: str) -> None:
         """Show the start-up phase read from the server's log (called by the monitor thread)."""
