@@ -43,7 +43,7 @@ def check_sleep_mode(server: Any) -> None:
     if not has_gpu():
         raise SleepUnavailableError(f"{label}: sleep mode needs a CUDA GPU; vLLM's CPU build has no /sleep "
                                     "(it answers 404)")
-    if not getattr(server.config.inference, "enable_sleep_mode", False):
+    if not server.config.inference.enable_sleep_mode:
         raise SleepUnavailableError(f"{label}: started without sleep mode; restart it with "
                                     "inference.enable_sleep_mode: true (--enable-sleep-mode)")
 

@@ -83,6 +83,22 @@ async def test_the_servers_api_refuses_environment_hooks(jp_fetch, name):
     assert {r.name for r in registry.list_records()} == before
 
 
+async def test_the_servers_api_refuses_sleep_mode_which_opens_vllms_development_routes(jp_fetch):
+    response = await _post(jp_fetch, _body("sleepy", inference={"enable_sleep_mode": True}))
+    assert response.code == 400
+    message = json.loads(response.body)["error"]["message"]
+    assert "inference.enable_sleep_mode" in message and "VLLM_SERVER_DEV_MODE" in message
+
+
+def test_sleep_mode_is_a_flag_and_its_development_mode_and_is_refused_before_launch_without_a_gpu():
+    server = VLLMServer(MODEL, port=8128, enable_sleep_mode=True)
+    assert "--enable-sleep-mode" in server.get_launch_command()
+    assert server.get_launch_env()["VLLM_SERVER_DEV_MODE"] == "1"
+    assert "VLLM_SERVER_DEV_MODE" not in VLLMServer(MODEL, port=8129).get_launch_env()
+    with pytest.raises(ConfigError, match="enable_sleep_mode: sleep mode needs a CUDA GPU"):
+        server.check_resources()  # this machine has no GPU (the GPU path: scripts/gpu_check.py)
+
+
 async def test_the_servers_api_keeps_logs_under_the_jupyter_root_or_the_state_dir(jp_fetch, tmp_path):
     response = await _post(jp_fetch, _body("elsewhere", log_dir="/etc/cron.d"))
     assert response.code == 400 and "log_dir" in json.loads(response.body)["error"]["message"]

@@ -77,6 +77,8 @@ class VLLMServer(InferenceServer):
             cmd += ["--max-num-batched-tokens", str(inf.max_num_batched_tokens)]
         if inf.enforce_eager or (inf.enforce_eager is None and cpu):
             cmd.append("--enforce-eager")
+        if inf.enable_sleep_mode:
+            cmd.append("--enable-sleep-mode")
         if self.torch_profiling:  # vLLM >= 0.11 takes the profiler's settings as a flag, not VLLM_TORCH_PROFILER_DIR
             profiler = {"profiler": "torch", "torch_profiler_dir": str(Path(cfg.profile.output_dir).resolve())}
             cmd += ["--profiler-config", json.dumps(profiler)]
@@ -96,6 +98,11 @@ class VLLMServer(InferenceServer):
         from ..gpu import detect_gpus
 
         inf = self.config.inference
+        if inf.enable_sleep_mode and not has_gpu():
+            from ..errors import ConfigError
+
+            raise ConfigError("inference.enable_sleep_mode: sleep mode needs a CUDA GPU and vLLM's CPU build has none "
+                              "(it answers 404 on /sleep); leave it off on this machine")
         gpus = detect_gpus()
         visible = self.config.env_vars.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
         if visible is not None:  # the server sees only these
@@ -123,6 +130,8 @@ class VLLMServer(InferenceServer):
                "PYTHONPATH": os.pathsep.join(p for p in (ENGINE_SIDE, os.environ.get("PYTHONPATH")) if p)}
         if self.on_cpu():
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.inference.cpu_kv_cache_gib)
+        if self.config.inference.enable_sleep_mode:  # vLLM serves /sleep, /wake_up only in development mode
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         if self.config.lora.enabled:  # /v1/load_lora_adapter and /v1/unload_lora_adapter (key-protected)
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         return env

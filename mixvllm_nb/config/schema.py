@@ -117,6 +117,9 @@ class InferenceConfig(_Section):
     )
     cpu_kv_cache_gib: int = option(
         1, "KV cache size on CPU in whole GiB (VLLM_CPU_KVCACHE_SPACE)", flag="--cpu-kv-cache-gib", ge=1, le=4096)
+    enable_sleep_mode: bool = option(
+        False, "let %vllm_sleep free GPU memory between uses (vLLM on CUDA only; opens vLLM's development routes, "
+        "behind the key)", flag="--enable-sleep-mode")
 
     @field_validator("quantization", mode="before")
     @classmethod

@@ -31,6 +31,10 @@ def check_remote_config(config: ServeConfig, *, allowed_env: set[str], log_roots
                 "code, or opens routes without a key); the Jupyter server's owner can allow it with "
                 "c.MixVLLM.allowed_env_vars"
             )
+    if config.inference.enable_sleep_mode and "VLLM_SERVER_DEV_MODE" not in allowed_env:
+        raise ConfigError("inference.enable_sleep_mode: not allowed through the servers API (it turns on vLLM's "
+                          "development mode, VLLM_SERVER_DEV_MODE); the Jupyter server's owner can allow it with "
+                          "c.MixVLLM.allowed_env_vars = ['VLLM_SERVER_DEV_MODE']")
     if config.log_dir is not None:
         where = Path(config.log_dir).expanduser()
         resolved = where.resolve() if where.is_absolute() else (log_roots[0] / where).resolve()
