@@ -307,6 +307,17 @@ def test_import_and_load_ext_import_no_heavy_module():
     assert out.stdout.strip().splitlines()[-1] == "[]"  # pydantic too: magic arguments are built on first use
 
 
+def test_every_option_help_renders_in_the_magics_and_the_cli_help(ip):
+    """An option's description may name a magic ("%vllm_sleep"): argparse's %-formatting must not choke on it."""
+    from mixvllm_nb.config.options import OPTIONS
+
+    assert any("%" in option.help for option in OPTIONS)  # the case this test guards
+    help_text = ip.find_line_magic("vllm_serve").parser.format_help()
+    assert "%vllm_sleep" in help_text
+    cli = subprocess.run([str(VENV_BIN / "mixvllm-serve"), "--help"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and "%vllm_sleep" in cli.stdout, cli.stderr[-500:]
+
+
 def test_a_generated_api_key_reads_as_a_flag_value(ip):
     """``--api-key KEY`` with a key made for us parses whatever the key is (a url-safe token began with
     ``-`` one time in 64, and ``%vllm_attach URL --api-key -...`` then failed: seen in CI on notebook 08)."""

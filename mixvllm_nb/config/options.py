@@ -41,6 +41,7 @@ class Option:
         allowed, rather than by argparse (which would exit with a usage block).
         """
         text = self.help + (f"; one of {', '.join(map(str, self.choices))}" if self.choices else "")
+        text = text.replace("%", "%%")  # argparse %-formats help ("%vllm_sleep" would be a format error)
         if self.kind is bool:
             return {"dest": self.dest, "action": "store_true", "default": None, "help": text}
         metavar = self.flags[0].lstrip("-").replace("-", "_").upper()

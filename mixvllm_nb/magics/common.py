@@ -102,7 +102,8 @@ def sampling_arguments() -> list[Spec]:
     """The sampling flags of the chat magics: the generation defaults' flags, plus ``--seed`` (per request)."""
     from ..config.options import SAMPLING_OPTIONS
 
-    specs: list[Spec] = [(o.flags, {**o.argparse_kwargs(), "help": f"{o.help} (default: the server's)"})
+    specs: list[Spec] = [(o.flags, {**o.argparse_kwargs(),
+                                    "help": f"{o.help} (default: the server's)".replace("%", "%%")})
                          for o in SAMPLING_OPTIONS]
     specs.append((("--seed",), {"type": int, "default": None, "help": "random seed for sampling"}))
     return specs
