@@ -286,6 +286,16 @@ def test_the_route_magic(ip, pair, tmp_path, capsys):
     routes.remove_route("solo")
 
 
+def test_the_client_magic_reaches_a_route_through_the_proxy_only(ip, pair, monkeypatch):
+    monkeypatch.setenv("JUPYTER_SERVER_URL", "http://127.0.0.1:8888/")  # what a kernel of that Jupyter server has
+    monkeypatch.setenv("JUPYTER_TOKEN", "jupyter-token")
+    with pytest.raises(UsageError, match=r"^duo is a route \(several servers behind one name\): use --via proxy$"):
+        ip.run_line_magic("vllm_client", "duo")
+    client = ip.run_line_magic("vllm_client", "duo --via proxy")
+    assert str(client.base_url) == "http://127.0.0.1:8888/mixvllm/servers/duo/v1/"
+    assert client.api_key == "jupyter-token"
+
+
 # ---------------------------------------------------------------- two real engines
 
 

@@ -102,6 +102,9 @@ def test_sleep_mode_is_a_flag_and_its_development_mode_and_is_refused_before_lau
 async def test_the_servers_api_keeps_logs_under_the_jupyter_root_or_the_state_dir(jp_fetch, tmp_path):
     response = await _post(jp_fetch, _body("elsewhere", log_dir="/etc/cron.d"))
     assert response.code == 400 and "log_dir" in json.loads(response.body)["error"]["message"]
+    response = await _post(jp_fetch, _body("template", tools={"chat_template": "/etc/shadow"}))
+    message = json.loads(response.body)["error"]["message"]
+    assert response.code == 400 and message.startswith("tools.chat_template: '/etc/shadow' is outside"), message
 
 
 @pytest.mark.parametrize("jupyter_overrides", [{"MixVLLM": {"allowed_env_vars": ["VLLM_SERVER_DEV_MODE"]}}])

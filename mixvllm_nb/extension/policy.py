@@ -4,7 +4,7 @@ Whoever may start a kernel may run code anyway; the servers API also serves user
 allows less. Environment variables that make a program load or run other code (``LD_PRELOAD``,
 ``PYTHONSTARTUP``, ``BROWSER``...) and vLLM's development mode (it opens ``/collective_rpc``, ``/sleep``
 and ``/pause`` without a key) are refused unless ``c.MixVLLM.allowed_env_vars`` names them, and a
-log may only be written under Jupyter's root folder or mixvllm_nb's state folder.
+log may only be written (and a chat template file read) under Jupyter's root folder or mixvllm_nb's state folder.
 """
 
 from __future__ import annotations
@@ -36,8 +36,16 @@ def check_remote_config(config: ServeConfig, *, allowed_env: set[str], log_roots
                           "development mode, VLLM_SERVER_DEV_MODE); the Jupyter server's owner can allow it with "
                           "c.MixVLLM.allowed_env_vars = ['VLLM_SERVER_DEV_MODE']")
     if config.log_dir is not None:
-        where = Path(config.log_dir).expanduser()
-        resolved = where.resolve() if where.is_absolute() else (log_roots[0] / where).resolve()
-        if not any(resolved == root or root in resolved.parents for root in (r.resolve() for r in log_roots)):
-            roots = " or ".join(str(root) for root in log_roots)
-            raise ConfigError(f"log_dir: {str(where)!r} is outside {roots}; over the servers API a log stays there")
+        _check_under("log_dir", str(config.log_dir), log_roots, "a log stays there")
+    template = config.tools.chat_template
+    if template and "{" not in template:  # a file's path (vLLM reads it), not an inline Jinja template
+        _check_under("tools.chat_template", template, log_roots, "a template file is read only from there")
+
+
+def _check_under(field: str, path: str, roots: list[Path], rule: str) -> None:
+    """Refuse a path outside every root (a relative path is taken under the first root)."""
+    where = Path(path).expanduser()
+    resolved = where.resolve() if where.is_absolute() else (roots[0] / where).resolve()
+    if not any(resolved == root or root in resolved.parents for root in (r.resolve() for r in roots)):
+        shown = " or ".join(str(root) for root in roots)
+        raise ConfigError(f"{field}: {str(where)!r} is outside {shown}; over the servers API {rule}")

@@ -242,6 +242,12 @@ class ChatMagics(Magics):
         from ..client import openai_client
 
         args = parse(self.vllm_client, line)
+        from ..process.routes import is_route
+
+        if args.name and is_route(args.name):  # several servers behind one name: only Jupyter's proxy has it
+            if args.via != "proxy":
+                raise UsageError(f"{args.name} is a route (several servers behind one name): use --via proxy")
+            return openai_client(*proxy_endpoint(args.name))
         server = find_server(args.name)
         if args.via == "direct":
             return openai_client(server.base_url, server.api_key)
