@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from .errors import ConfigError, MixVLLMError
+from .process import registry
 from .process.http import http_get, http_post
 
 LEVELS = (1, 2)
@@ -80,6 +81,7 @@ def sleep_server(server: Any, level: int = 1) -> str:
     _call(server, "POST", f"/sleep?level={level}", timeout=SLEEP_TIMEOUT)
     if not is_sleeping(server):
         raise MixVLLMError(f"{server.name}: /sleep answered 200 but /is_sleeping says it is awake")
+    registry.update(server.name, sleeping=True)  # every process sees it: the proxy wakes it for a request
     return f"{server.name} is asleep (level {level}); %vllm_wake {server.name} before using it"
 
 
@@ -89,6 +91,7 @@ def wake_server(server: Any) -> str:
     _call(server, "POST", "/wake_up", timeout=SLEEP_TIMEOUT)
     if is_sleeping(server):
         raise MixVLLMError(f"{server.name}: /wake_up answered 200 but /is_sleeping says it still sleeps")
+    registry.update(server.name, sleeping=False)
     return f"{server.name} is awake"
 
 

@@ -183,6 +183,26 @@ async def test_rest_sleep_and_wake_call_vllm_with_the_key_and_the_view_says_slee
         assert len(engine.calls) == 4
 
 
+async def test_a_request_to_a_sleeping_server_wakes_it_first_directly_or_through_a_route(fetch, token):  # noqa: F811
+    from mixvllm_nb.process import routes
+
+    chat = json.dumps({"model": "sleepy-model", "messages": [{"role": "user", "content": "hi"}]})
+    with registered("gpu-waking") as engine:
+        routes.set_route("waking-route", ["gpu-waking"])
+        try:
+            for url in ("mixvllm/servers/gpu-waking/v1/chat/completions",
+                        "mixvllm/servers/waking-route/v1/chat/completions"):
+                sleep_server(get_server("gpu-waking"), 1)
+                assert registry.get("gpu-waking").sleeping  # every process sees it (the view too)
+                engine.calls.clear()
+                await fetch(url, "POST", chat, auth(token))  # the stand-in has no chat: its 404 is relayed
+                assert [c[:2] for c in engine.calls] == [("POST", "/wake_up"), ("GET", "/is_sleeping"),
+                                                         ("POST", "/v1/chat/completions")], url
+                assert not engine.sleeping and not registry.get("gpu-waking").sleeping
+        finally:
+            routes.remove_route("waking-route")
+
+
 def test_the_sleep_magics_on_a_server_that_can_sleep(ip, capsys):
     with registered("gpu-magic") as engine:
         ip.run_line_magic("vllm_sleep", "gpu-magic --level 2")

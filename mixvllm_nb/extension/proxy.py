@@ -23,9 +23,10 @@ from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
+from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 
-from ..errors import ServerNotFoundError
+from ..errors import MixVLLMError, ServerNotFoundError
 from ..process import registry
 from .base import MixvllmHandler, OpenAIError, error_body
 from .routing import relay_route, route_named
@@ -179,7 +180,7 @@ class ProxyHandler(MixvllmHandler):
             raise OpenAIError(404, str(exc), code="server_not_found") from None
         assert record is not None
         if record.attached:
-            return record
+            return await self._awake(record)
         if record.is_dead() or record.state in _DEAD_STATES:
             state = record.state if record.state in _DEAD_STATES else "exited"
             raise OpenAIError(502, f"server {name!r} is not running ({state}); start it again "
@@ -190,6 +191,21 @@ class ProxyHandler(MixvllmHandler):
             retry = str(self.state.config.retry_after)
             raise OpenAIError(503, f"server {name!r} is still starting; retry in a few seconds",
                               code="server_starting", headers={"Retry-After": retry})
+        return await self._awake(record)
+
+    async def _awake(self, record: registry.ServerRecord) -> registry.ServerRecord:
+        """Return the record once its server is awake (one put to sleep is woken; the request waits meanwhile)."""
+        if not record.sleeping:
+            return record
+        from ..api import server_from_record
+        from ..sleep import wake_server
+
+        try:
+            said = await IOLoop.current().run_in_executor(None, wake_server, server_from_record(record))
+        except MixVLLMError as exc:
+            raise OpenAIError(503, f"server {record.name!r} is asleep and did not wake: {exc}",
+                              code="server_asleep") from None
+        self.log.info("mixvllm: %s (woken for a request)", said)
         return record
 
     async def _healthy(self, record: registry.ServerRecord) -> bool:

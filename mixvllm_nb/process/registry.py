@@ -128,6 +128,7 @@ class ServerRecord:
     detached: bool = False
     state: str = "starting"
     exit_code: int | None = None
+    sleeping: bool = False  # put to sleep (vLLM's sleep mode): the proxy wakes it for the next request
 
     @property
     def attached(self) -> bool:
