@@ -95,6 +95,30 @@ def wake_server(server: Any) -> str:
     return f"{server.name} is awake"
 
 
+class IdleWatch:
+    """Tell when a server has had no request for ``minutes``, from what its ``/metrics`` says at each look.
+
+    Activity is any change of its prompt-token counter, or a request running or waiting; a look that
+    cannot read the metrics counts as activity (never put a server to sleep on a guess).
+    """
+
+    def __init__(self, minutes: float, now: float) -> None:
+        self.limit_s = minutes * 60
+        self.last_active = now
+        self._seen: float | None = None
+
+    def idle_for(self, now: float, prompt_tokens_total: float | None, in_flight: int | None) -> float:
+        """Record one look at the server; return the seconds it has been idle."""
+        if prompt_tokens_total is None or in_flight is None or in_flight > 0 or prompt_tokens_total != self._seen:
+            self.last_active = now
+            self._seen = prompt_tokens_total
+        return now - self.last_active
+
+    def due(self, now: float, prompt_tokens_total: float | None, in_flight: int | None) -> bool:
+        """Return True when the server has been idle for the configured minutes."""
+        return self.idle_for(now, prompt_tokens_total, in_flight) >= self.limit_s
+
+
 def sleep_status(server: Any) -> dict[str, Any]:
     """Return ``{"name", "sleeping"}`` for a server that can sleep (SleepUnavailableError otherwise)."""
     return {"name": server.name, "sleeping": is_sleeping(server)}

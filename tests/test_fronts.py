@@ -321,8 +321,8 @@ def test_every_option_help_renders_in_the_magics_and_the_cli_help(ip):
 def test_a_generated_api_key_reads_as_a_flag_value(ip):
     """``--api-key KEY`` with a key made for us parses whatever the key is (a url-safe token began with
     ``-`` one time in 64, and ``%vllm_attach URL --api-key -...`` then failed: seen in CI on notebook 08)."""
+    from mixvllm_nb.config.schema import new_api_key
     from mixvllm_nb.magics.common import parse
-    from mixvllm_nb.process.server import new_api_key
 
     attach = ip.find_line_magic("vllm_attach")  # the bound magic: parse builds its parser
     keys = {new_api_key() for _ in range(500)}

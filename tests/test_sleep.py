@@ -65,6 +65,16 @@ class SleepyEngine:
                     return self._send(200, None)
                 if (self.command, path) == ("GET", "/is_sleeping"):
                     return self._send(200, {"is_sleeping": engine.sleeping})
+                if (self.command, path) == ("GET", "/metrics"):  # an idle engine: the counters do not move
+                    text = (b'vllm:prompt_tokens_total{model_name="sleepy-model"} 40.0\n'
+                            b'vllm:num_requests_running{model_name="sleepy-model"} 0.0\n'
+                            b'vllm:num_requests_waiting{model_name="sleepy-model"} 0.0\n')
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
+                    return None
                 return self._send(404, {"detail": "Not Found"})
 
             def _send(self, status: int, data: Any) -> None:
@@ -201,6 +211,49 @@ async def test_a_request_to_a_sleeping_server_wakes_it_first_directly_or_through
                 assert not engine.sleeping and not registry.get("gpu-waking").sleeping
         finally:
             routes.remove_route("waking-route")
+
+
+def test_idle_watch_counts_from_the_last_request_seen_and_never_guesses():
+    from mixvllm_nb.sleep import IdleWatch
+
+    watch = IdleWatch(minutes=2, now=0.0)
+    assert not watch.due(60.0, 10.0, 0)  # first look: its counter is new, so it was active
+    assert not watch.due(150.0, 10.0, 0)  # 90 s idle
+    assert watch.due(181.0, 10.0, 0)  # 121 s without a new prompt token or a request in flight
+    assert not watch.due(200.0, 12.0, 0)  # a request came: idle from now
+    assert not watch.due(400.0, 12.0, 1)  # one running: not idle, whatever the counter
+    assert not watch.due(700.0, None, None)  # metrics unreadable: counted as activity
+    assert watch.idle_for(701.0, None, None) == 0.0
+
+
+def test_a_server_idle_past_its_minutes_is_put_to_sleep_by_its_heartbeat_work(monkeypatch):
+    # Mocked: a CUDA GPU (none here); the engine's sleep routes and /metrics are the stand-in's.
+    import time as clock
+
+    from mixvllm_nb import VLLMServer
+
+    monkeypatch.setattr("mixvllm_nb.gpu.has_gpu", lambda: True)
+    with registered("gpu-idle", attached=False) as engine:
+        port = engine.http.server_address[1]
+        server = VLLMServer("sleepy-model", port=port, api_key=KEY, enable_sleep_mode=True,
+                            sleep_after_idle_minutes=0.002)  # 0.12 s
+        server.name = "gpu-idle"  # the name a launch claims: the registered stand-in's
+        server.on_heartbeat()
+        assert not engine.sleeping
+        clock.sleep(0.3)
+        server.on_heartbeat()
+        assert engine.sleeping and registry.get("gpu-idle").sleeping
+        asleep = len(engine.calls)
+        server.on_heartbeat()  # asleep: nothing asked until a request wakes it
+        assert len(engine.calls) == asleep
+
+
+def test_idle_sleep_needs_sleep_mode():
+    from mixvllm_nb import VLLMServer
+    from mixvllm_nb.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^inference.sleep_after_idle_minutes: needs inference.enable_sleep_mode"):
+        VLLMServer("org/model", port=8130, sleep_after_idle_minutes=5).check_resources()
 
 
 def test_the_sleep_magics_on_a_server_that_can_sleep(ip, capsys):

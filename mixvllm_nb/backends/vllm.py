@@ -8,13 +8,16 @@ machine without a GPU the CPU defaults apply (float32, eager mode, a KV cache si
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import ClassVar
 
 from ..config.schema import LoraConfig, ToolsConfig
 from ..gpu import has_gpu
-from ..process.http import http_get_json
+from ..process import registry
+from ..process.http import http_get, http_get_json
 from .args import with_extra_args
 from .base import InferenceServer
 
@@ -23,6 +26,7 @@ PINNED_FLAGS = ("--api-key", "--host", "--port", "--uds")
 # The key on every route, not only vLLM's /v1 (see engine_side/mixvllm_key_guard.py); the folder goes on the
 # engine's PYTHONPATH, so an engine in another environment imports it too.
 KEY_GUARD = "mixvllm_key_guard.KeyEverywhere"
+log = logging.getLogger("mixvllm_nb")
 ENGINE_SIDE = str(Path(__file__).resolve().parents[1] / "engine_side")
 
 class VLLMServer(InferenceServer):
@@ -98,6 +102,11 @@ class VLLMServer(InferenceServer):
         from ..gpu import detect_gpus
 
         inf = self.config.inference
+        if inf.sleep_after_idle_minutes and not inf.enable_sleep_mode:
+            from ..errors import ConfigError
+
+            raise ConfigError("inference.sleep_after_idle_minutes: needs inference.enable_sleep_mode "
+                              "(--enable-sleep-mode) too")
         if inf.enable_sleep_mode and not has_gpu():
             from ..errors import ConfigError
 
@@ -135,6 +144,27 @@ class VLLMServer(InferenceServer):
         if self.config.lora.enabled:  # /v1/load_lora_adapter and /v1/unload_lora_adapter (key-protected)
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         return env
+
+    def on_heartbeat(self) -> None:
+        """Put the server to sleep once it has been idle for ``inference.sleep_after_idle_minutes``."""
+        minutes = self.config.inference.sleep_after_idle_minutes
+        record = registry.get(self.name, missing_ok=True) if minutes and self.name else None
+        if record is None:
+            return
+        from ..metrics import VllmMetrics
+        from ..sleep import IdleWatch, sleep_server
+
+        if record.sleeping:
+            self._idle = None  # asleep: a new watch starts once a request has woken it
+            return
+        status, body = http_get(f"{self.base_url}/metrics", api_key=self.api_key, timeout=5)
+        metrics = VllmMetrics.from_text(body.decode(errors="replace")) if status == 200 else None
+        now = time.monotonic()
+        watch = self._idle = getattr(self, "_idle", None) or IdleWatch(minutes, now)
+        in_flight = None if metrics is None or metrics.num_requests_running is None else (
+            metrics.num_requests_running + (metrics.num_requests_waiting or 0))
+        if watch.due(now, metrics and metrics.prompt_tokens_total, in_flight):
+            log.info("mixvllm_nb: %s", sleep_server(self, 1))
 
     def is_ready(self) -> bool:
         """Return True when ``/health`` is 200 and ``/v1/models`` lists the served model."""

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -120,6 +121,9 @@ class InferenceConfig(_Section):
     enable_sleep_mode: bool = option(
         False, "let %vllm_sleep free GPU memory between uses (vLLM on CUDA only; opens vLLM's development routes, "
         "behind the key)", flag="--enable-sleep-mode")
+    sleep_after_idle_minutes: float | None = option(
+        None, "with sleep mode: sleep after this many minutes without a request (the next request wakes it)",
+        flag="--sleep-after-idle", gt=0)
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -129,6 +133,15 @@ class InferenceConfig(_Section):
         if value is not None and value not in quantization_methods():
             raise ValueError("allowed: " + ", ".join(repr(name) for name in quantization_methods()))
         return value
+
+
+def new_api_key() -> str:
+    """Return a random key that is safe anywhere a flag's value goes.
+
+    Hex, because a url-safe token starts with ``-`` one time in 64, and ``--api-key -x...`` then reads as
+    a missing value (``%vllm_attach URL --api-key KEY`` failed that way).
+    """
+    return secrets.token_hex(24)
 
 
 class EndpointConfig(_Section):

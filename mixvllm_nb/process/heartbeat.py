@@ -7,6 +7,7 @@ runs past ``startup_timeout``, and health checks failing for ``heartbeat_timeout
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -18,6 +19,8 @@ from .tree import process_matches, stop_processes
 
 if TYPE_CHECKING:
     from .server import ServerProcess
+
+log = logging.getLogger("mixvllm_nb")
 
 
 def start(server: ServerProcess) -> threading.Thread:
@@ -62,6 +65,12 @@ def _loop(server: ServerProcess) -> None:
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since >= config.heartbeat_timeout:
                     server.set_state(State.UNHEALTHY)
+        periodic = getattr(server, "on_heartbeat", None)  # a backend's own periodic work (idle sleep), unlocked
+        if periodic is not None and server.state == State.READY:
+            try:
+                periodic()
+            except Exception:  # the heartbeat must outlive any of it
+                log.exception("mixvllm_nb: %s: periodic work failed", server.name)
 
 
 def end_cause(code: int | None, log_path: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import ClassVar
 import psutil
 
 from ..config import ServeConfig
+from ..config.schema import new_api_key
 from ..errors import ConfigError, MixVLLMError, NameTakenError, ServerStartError, ServerTimeoutError
 from . import heartbeat, logs, ownership, registry
 from .http import http_get
@@ -386,15 +386,6 @@ class ServerProcess:
             f"<{type(self).__name__} {self.name or '(unnamed)'} {self.state} "
             f"model={self.served_model_name!r} url={self.base_url if self.port else '-'}>"
         )
-
-
-def new_api_key() -> str:
-    """Return a random key that is safe anywhere a flag's value goes.
-
-    Hex, because a url-safe token starts with ``-`` one time in 64, and ``--api-key -x...`` then reads as
-    a missing value (``%vllm_attach URL --api-key KEY`` failed that way).
-    """
-    return secrets.token_hex(24)
 
 
 def _check_model_exists(name: str) -> None:
