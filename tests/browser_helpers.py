@@ -16,8 +16,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -136,6 +139,24 @@ def start_jupyterlab(root: Path, *, extensions: tuple[str, ...] = (), timeout: f
             time.sleep(0.5)
     lab.stop()
     raise RuntimeError(f"jupyter lab did not answer within {timeout} s:\n{lab.log()[-3000:]}")
+
+
+@contextmanager
+def notebook_page(lab: JupyterLab, notebook: str, profile: Path) -> Iterator[Any]:
+    """Open ``notebook`` in JupyterLab in a headless Chromium and yield the page; the browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1280, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(lab.notebook_url(notebook), timeout=120_000)
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+            yield page
+        finally:
+            context.close()
 
 
 def run_first_cell(page, shows, *, timeout: float = 120, cells: str = ".jp-Notebook .jp-Cell") -> None:
