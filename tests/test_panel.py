@@ -133,6 +133,15 @@ def test_panel_outside_a_notebook_says_it_needs_a_frontend(capsys):
 # -- launch tab ------------------------------------------------------------------------------------
 
 
+def launch_fields(p: ControlPanel) -> dict:
+    """The Launch tab's overrides from its widgets; its sampling follows the selected server (checked here too)."""
+    overrides = p.launch.overrides()
+    sampling = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("generation_defaults.")}
+    if p.server is not None:
+        assert sampling == p.server.config.generation_defaults.model_dump(exclude_none=True)
+    return {k: v for k, v in overrides.items() if not k.startswith("generation_defaults.")}
+
+
 def test_estimate_follows_the_settings(vllm_server):
     p = ControlPanel()
     try:
@@ -148,14 +157,14 @@ def test_estimate_follows_the_settings(vllm_server):
             less = tokens()
             p.launch.inputs["dtype"].value = "float32"  # twice the bytes per token (and per weight)
             assert tokens() < less < default
-            assert p.launch.overrides() == {"inference.gpu_memory_utilization": 0.5, "inference.dtype": "float32"}
+            assert launch_fields(p) == {"inference.gpu_memory_utilization": 0.5, "inference.dtype": "float32"}
         else:  # the CPU build's KV cache is exactly cpu_kv_cache_gib
             one_gib = tokens()
             p.launch.inputs["cpu_kv_cache_gib"].value = 2
             assert tokens() == 2 * one_gib
             p.launch.inputs["dtype"].value = "bfloat16"  # half the bytes per token
             assert tokens() == 4 * one_gib
-            assert p.launch.overrides() == {"inference.cpu_kv_cache_gib": 2, "inference.dtype": "bfloat16"}
+            assert launch_fields(p) == {"inference.cpu_kv_cache_gib": 2, "inference.dtype": "bfloat16"}
         p.launch.inputs["name"].value = "bad name!"
         assert "server.name" in p.launch.estimate.value  # the estimate says why it cannot plan
     finally:

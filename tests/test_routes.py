@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -108,7 +109,7 @@ def test_a_route_name_must_not_be_a_server_and_members_must_be_registered(pair):
         routes.set_route("trio", ["alpha", "nobody", "../x"])
     message = str(info.value)
     assert "\n" not in message and "'nobody', '../x' not a registered server" in message
-    assert message.endswith("registered: alpha, beta")
+    assert re.search(r"registered: ([^,]+, )*alpha, beta$", message), message  # others may run beside them
     with pytest.raises(ConfigError, match="give at least one server"):
         routes.set_route("trio", [])
     with pytest.raises(ConfigError, match="invalid server name"):
@@ -260,7 +261,7 @@ async def test_the_routes_api(fetch, pair, token, jp_base_url):
     response = await fetch("mixvllm/api/routes", "POST", json.dumps({"name": "beta", "servers": ["alpha"]}), auth(token))
     assert response.code == 409 and error_of(response)["code"] == "name_taken"
     response = await fetch("mixvllm/api/routes/both", "PUT", json.dumps({"servers": ["nobody"]}), auth(token))
-    assert response.code == 400 and error_of(response)["message"].endswith("registered: alpha, beta")
+    assert response.code == 400 and re.search(r"registered: ([^,]+, )*alpha, beta$", error_of(response)["message"])
     for method in ("GET", "PUT", "DELETE"):
         assert (await fetch("mixvllm/api/routes/both", method, "{}" if method == "PUT" else None)).code == 403
     assert (await fetch("mixvllm/api/routes/both", "DELETE", headers=auth(token))).code == 200
@@ -274,7 +275,8 @@ def test_the_route_magic(ip, pair, tmp_path, capsys):
     assert made["servers"] == ["alpha", "beta"]
     assert "route both: alpha (model-a), beta (model-b);" in capsys.readouterr().out
     assert ip.run_line_magic("vllm_route", "--list") == {"both": ["alpha", "beta"], "duo": ["alpha", "beta"]}
-    with pytest.raises(UsageError, match=r"^route 'trio': 'nobody' not a registered server; registered: alpha, beta$"):
+    with pytest.raises(UsageError, match=r"^route 'trio': 'nobody' not a registered server; registered: ([^,]+, )*alpha, "
+                                         r"beta$"):
         ip.run_line_magic("vllm_route", "trio nobody")
     with pytest.raises(UsageError, match="expected %vllm_route NAME SERVER"):
         ip.run_line_magic("vllm_route", "--list --remove both")
