@@ -214,3 +214,25 @@ def test_the_chat_says_what_an_answer_took_in_tokens(monkeypatch):
 def test_answer_summary_wording(tokens, pieces, seconds, note, expected):
     assert answer_summary(tokens, pieces, seconds, note) == expected
 
+
+
+def test_the_routes_tab_creates_lists_and_removes_a_route_over_running_servers():
+    from test_server_support import registered_upstream
+
+    from mixvllm_nb.panel.routes import RoutesSection
+    from mixvllm_nb.process import routes
+
+    errors = ErrorBox()
+    with registered_upstream("tab-a") as _, registered_upstream("tab-b") as _:
+        section = RoutesSection(errors)
+        assert {"tab-a", "tab-b"} <= set(section.members.options)
+        section.create_button.click()
+        assert "type a route name first" in errors.message  # shown in red, nothing made
+        section.name.value = "tab-route"
+        section.members.value = ("tab-a", "tab-b")
+        section.create_button.click()
+        assert routes.list_routes()["tab-route"] == ["tab-a", "tab-b"]
+        assert "tab-route" in section.listing.value and "/mixvllm/servers/tab-route/v1" in section.listing.value
+        section.remove_choice.value = "tab-route"
+        section.remove_button.click()
+        assert "tab-route" not in routes.list_routes() and "tab-route" not in section.listing.value

@@ -13,20 +13,22 @@ from .chat import ChatSection
 from .errors import ErrorBox, guarded
 from .launch import LaunchSection
 from .monitor import LogsSection, MonitorSection, server_state
+from .routes import RoutesSection
 from .sampling import SamplingSection
 
 if TYPE_CHECKING:
     from ..backends.base import InferenceServer
 
-TAB_TITLES = ("Launch", "Monitor", "Sampling", "Chat", "Logs")
+TAB_TITLES = ("Launch", "Monitor", "Sampling", "Chat", "Logs", "Routes")
 
 
 class ControlPanel(widgets.VBox):
-    """A vLLM control room in a notebook: server selector and state, then five tabs.
+    """A vLLM control room in a notebook: server selector and state, then six tabs.
 
     Launch (settings, estimate, Launch/Stop, progress), Monitor (memory, KV cache, load), Sampling
-    (sliders), Chat (streaming transcript) and Logs (the server log's tail). Errors of any
-    button show in red under the header. ``close()`` stops the background threads.
+    (sliders), Chat (streaming transcript), Logs (the server log's tail) and Routes (several servers
+    behind one name). Errors of any button show in red under the header. ``close()`` stops the
+    background threads.
     """
 
     def __init__(self, name: str | None = None, *, interval: float = 1.5) -> None:
@@ -50,11 +52,12 @@ class ControlPanel(widgets.VBox):
         self.logs = LogsSection()
         self.launch = LaunchSection(self.errors, self._on_launched, lambda: self.server, on_cpu=on_cpu)
         self.chat = ChatSection(self.errors, self.sampling, lambda: self.server)
+        self.routes = RoutesSection(self.errors)
         self.monitor.listeners += [self._show_state, self.launch.show_progress, self.logs.show]
-        self.tabs = widgets.Tab(children=[self.launch, self.monitor, self.sampling, self.chat, self.logs],
-                                titles=TAB_TITLES)
+        self.tabs = widgets.Tab(children=[self.launch, self.monitor, self.sampling, self.chat, self.logs,
+                                          self.routes], titles=TAB_TITLES)
         self.selector.observe(guard(self._on_select), names="value")
-        self.refresh_button.on_click(guard(lambda _: self.refresh_servers()))
+        self.refresh_button.on_click(guard(lambda _: (self.refresh_servers(), self.routes.refresh())))
         title = widgets.HTML("<b style='font-size:14px'>mixvllm control panel</b>")
         super().__init__([title, widgets.HBox([self.selector, self.refresh_button, self.state]),
                           self.errors, self.tabs])
