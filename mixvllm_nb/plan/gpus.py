@@ -20,6 +20,7 @@ class GPUSpec:
     nominal_gb: int
     aliases: tuple[str, ...] = ()
     cc: float | None = None  # CUDA compute capability; None for AMD
+    geforce: bool = False  # a consumer card: no NVSwitch, PCIe peer-to-peer off in the driver
 
     @property
     def supports_bf16_fp8(self) -> bool:
@@ -41,8 +42,8 @@ GPUS: tuple[GPUSpec, ...] = (
     GPUSpec("A10", 23028 * _MIB, 24, cc=8.6),
     GPUSpec("V100-16GB", 16160 * _MIB, 16, ("V100",), cc=7.0),
     GPUSpec("V100-32GB", 32510 * _MIB, 32, cc=7.0),
-    GPUSpec("RTX 3090", 24576 * _MIB, 24, ("3090",), cc=8.6),
-    GPUSpec("RTX 4090", 24564 * _MIB, 24, ("4090",), cc=8.9),
+    GPUSpec("RTX 3090", 24576 * _MIB, 24, ("3090",), cc=8.6, geforce=True),
+    GPUSpec("RTX 4090", 24564 * _MIB, 24, ("4090",), cc=8.9, geforce=True),
     GPUSpec("RTX A6000", 49140 * _MIB, 48, ("A6000",), cc=8.6),
     GPUSpec("L40", 46068 * _MIB, 48, cc=8.9),
     GPUSpec("L40S", 46068 * _MIB, 48, cc=8.9),
@@ -103,6 +104,11 @@ def find_gpu(name: str) -> GPUSpec:
     raise ConfigError(
         f"gpu={name!r} is not a known GPU; use one of {known_gpu_names()} or give its memory in GiB"
     )
+
+
+def is_geforce(label: str) -> bool:
+    """Return whether ``label`` (a name from :data:`GPUS`) is a GeForce card."""
+    return any(spec.geforce and spec.name == label for spec in GPUS)
 
 
 def known_gpu_names() -> str:

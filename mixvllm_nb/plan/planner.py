@@ -7,18 +7,21 @@ so the token count equals vLLM's log line. On a GPU the budget of each GPU is::
     (total - CUDA's reserve) x gpu_memory_utilization - weights - overhead
     overhead = tokens x (3 ffn / tp + 3 hidden) x 2 B      activations of one profiling step
              + copies x max_num_seqs x vocab x 4 B          the dummy sampler's float32 logits
-             + fixed + CUDA graphs + 1.25 GiB if tp x pp > 1
+             + fixed + CUDA graphs + 1.25 GiB if tp x pp > 1 (not on GeForce cards)
 
 ``tokens``/``max_num_seqs`` are vLLM's scheduler defaults for the engine and GPU (V1: 2,048/256,
 or 8,192/1,024 on 70 GiB+ GPUs other than A100; V0: max_model_len, 2,048 above 32K). Per engine
 (``engine=``; :data:`overhead.ENGINES`): ``"v1"`` (vLLM >= 0.19, the default) copies 2, fixed
 0.10 GiB, graphs 0.5 GiB unless ``enforce_eager``; ``"v1-pre0.19"`` the same without graphs;
-``"v0"`` copies 0, fixed 0.30 GiB. Where the constants come from: 14 real start-up logs
-(tests/data/gpu_logs: RTX 3090, RTX 4090 x2, A10, A100 40/80 GB, H100; vLLM 0.6.4-0.19; Llama,
-Qwen, Phi-4 GPTQ, gpt-oss). The activation term reproduces V0's logged peaks (2.07/2.99 GiB at
-20k/29k tokens); fixed is what the V1 logs leave once activations and logits are counted
-(0.09-0.10 GiB on three) and the median V0 non_torch_memory; the TP term is the V0 rank
-difference (PR 10511, issue 13061). tests/test_plan_gpu_logs.py reports the error per log.
+``"v0"`` fixed 0.30 GiB and, instead of the copies, the larger of the activations and the dummy
+sampler's sort of max_num_seqs x vocab logits (38 B each, :func:`overhead.sampler_peak_bytes`).
+Where the constants come from: 14 real start-up logs (tests/data/gpu_logs: RTX 3090, RTX 4090
+x2, A10, A100 40/80 GB, H100; vLLM 0.6.4-0.19; Llama, Qwen, Phi-4 GPTQ, gpt-oss). The V0 peaks
+are reproduced within 0.04 GiB: the forward pass at 20k/29k tokens (2.07/2.99 GiB), the sampler
+at 2,048/8,192 (Phi-4 0.94, Llama-3 1.26 GiB) and on the driver rank of two 4090s (1.2 GiB over
+the other rank); fixed is what the V1 logs leave once activations and logits are counted
+(0.09-0.10 GiB on three) and the median V0 non_torch_memory; the TP term stays under the 1.79 GiB
+rise of an H100 development build (vLLM PR 10511). tests/test_plan_gpu_logs.py reports the errors.
 Pass ``overhead_gib`` to use the figure from a real log instead.
 """
 
