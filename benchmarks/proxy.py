@@ -4,7 +4,8 @@
 ``--events`` server-sent events (vLLM-shaped chat chunks, one HTTP/1.1 chunk and one write each, keep-alive:
 as uvicorn frames vLLM's streams) as fast as it can, back to its event loop between events as a server
 streaming a generator does (``--burst``: all in one go; they pile up in the socket). Each path runs one
-stream per round, interleaved (direct, ours, jsp, direct, ...) so that machine noise hits every path alike.
+stream per round, interleaved (direct, ours, jsp; then ours, jsp, direct; ...) so that machine noise hits every
+path alike and no path always runs first or after the same one.
 The client is a bare socket that counts events, far cheaper per event than any path. Reports events/s
 (events over the time from the request to ``[DONE]``) and time to first event. Targets: ours at least 0.9x
 direct's events/s and at least jupyter-server-proxy's, first event within 5 ms of direct's.
@@ -17,7 +18,7 @@ concurrent streams per path. Targets: time to first token within 10 ms of direct
 Every request asks for ``Accept: text/event-stream``: jupyter-server-proxy streams only for exactly that
 header (it buffers whole answers otherwise); ours streams whatever the header.
 
-    .venv/bin/python benchmarks/proxy.py synthetic [--rounds 20] [--events 2000] [--burst]
+    .venv/bin/python benchmarks/proxy.py synthetic [--rounds 40] [--events 2000] [--burst]
     .venv/bin/python benchmarks/proxy.py vllm [--requests 20] [--concurrency 32] [--max-tokens 48]
 """
 
@@ -238,7 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     modes = parser.add_subparsers(dest="mode", required=True)
     synth = modes.add_parser("synthetic", help="the proxy's ceiling against a fast synthetic upstream (no vLLM)")
-    synth.add_argument("--rounds", type=int, default=20, help="interleaved streams per path")
+    synth.add_argument("--rounds", type=int, default=40, help="interleaved streams per path")
     synth.add_argument("--events", type=int, default=2000, help="server-sent events per stream")
     synth.add_argument("--burst", action="store_true",
                        help="the upstream writes all events without returning to its event loop in between")

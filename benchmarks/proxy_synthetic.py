@@ -10,6 +10,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,7 +166,9 @@ async def run_synthetic(routes: list[Route], rounds: int, events: int) -> None:
         for _ in range(2):
             await raw_stream(route, body)
     for r in range(rounds):
-        for route in routes:
+        # Each round starts with the next path: the path that follows another (a Jupyter idle meanwhile, an
+        # upstream just done streaming) changes every round, so no path always comes first or after the same one.
+        for route in routes[r % len(routes):] + routes[:r % len(routes)]:
             first, total, count = await raw_stream(route, body)
             if count != events:
                 raise RuntimeError(f"{route.name}: {count} events instead of {events}")
@@ -201,16 +204,17 @@ def synthetic(args: argparse.Namespace) -> None:
         stop(upstream)
         registry.remove(name)
     direct = routes[0]
-    print(f"\n{'path':22} {'events/s':>9} {'min':>9} {'max':>9} {'vs direct':>9} {'1st event ms':>12} "
+    print(f"\n{'path':22} {'events/s':>9} {'p25-p75':>15} {'vs direct':>9} {'1st event ms':>12} {'p25-p75':>13} "
           f"{'- direct':>9}")
-    ratios = {}
+    ratios, spreads = {}, {}
     for route in routes:
         rate, first = route.median("events_per_s"), route.median("first_event_ms")
         ratios[route.name] = {"events_per_s_vs_direct": rate / direct.median("events_per_s"),
                               "first_event_ms_minus_direct": first - direct.median("first_event_ms")}
-        print(f"{route.name:22} {rate:9.0f} {min(route.samples['events_per_s']):9.0f} "
-              f"{max(route.samples['events_per_s']):9.0f} {ratios[route.name]['events_per_s_vs_direct']:8.2f}x "
-              f"{first:12.2f} {ratios[route.name]['first_event_ms_minus_direct']:+9.2f}")
+        spreads[route.name] = {metric: quartiles(route.samples[metric]) for metric in ("events_per_s", "first_event_ms")}
+        (r25, r75), (f25, f75) = spreads[route.name]["events_per_s"], spreads[route.name]["first_event_ms"]
+        print(f"{route.name:22} {rate:9.0f} {r25:7.0f}-{r75:<7.0f} {ratios[route.name]['events_per_s_vs_direct']:8.2f}x "
+              f"{first:12.2f} {f25:6.2f}-{f75:<6.2f} {ratios[route.name]['first_event_ms_minus_direct']:+9.2f}")
     if not jsp_installed:
         print(f"{'jupyter-server-proxy':22} not installed (pip install jupyter-server-proxy)")
     print("targets: ours >= 0.9x direct's events/s and >= jupyter-server-proxy's; first event within 5 ms of direct's")
@@ -219,11 +223,18 @@ def synthetic(args: argparse.Namespace) -> None:
     met = (ours["events_per_s_vs_direct"] >= 0.9 and ours["first_event_ms_minus_direct"] <= 5
            and ours["events_per_s_vs_direct"] >= ratios.get("jupyter-server-proxy", ours)["events_per_s_vs_direct"])
     what = (f"the proxy's own ceiling: {args.events} server-sent events per stream from a synthetic upstream as fast as "
-            f"it sends them{' (all at once)' if args.burst else ''}, {args.rounds} interleaved rounds; direct vs our "
-            "proxy vs jupyter-server-proxy (streaming mode)")
+            f"it sends them{' (all at once)' if args.burst else ''}, {args.rounds} interleaved rounds (each starting with the "
+            "next path); direct vs our proxy vs jupyter-server-proxy (streaming mode); medians, quartiles in the file")
     result = (f"mixvllm proxy {versus(ratios, 'events_per_s_vs_direct', 'first_event_ms_minus_direct', 'mixvllm proxy')}"
               f"; jupyter-server-proxy "
               f"{versus(ratios, 'events_per_s_vs_direct', 'first_event_ms_minus_direct', 'jupyter-server-proxy')} "
               f"(events/s vs direct, first event vs direct); target >= 0.9x, >= jupyter-server-proxy's and +5 ms: "
               f"{'met' if met else 'missed'}")
-    print(f"saved {save(name, args, routes, what=what, result=result, extra={'medians_vs_direct': ratios})}")
+    extra = {"medians_vs_direct": ratios, "quartiles": spreads}
+    print(f"saved {save(name, args, routes, what=what, result=result, extra=extra)}")
+
+
+def quartiles(samples: list[float]) -> tuple[float, float]:
+    """Return the 25th and 75th percentiles: the spread a median hides (this machine's noise is milliseconds)."""
+    q = statistics.quantiles(samples, n=4)
+    return q[0], q[2]

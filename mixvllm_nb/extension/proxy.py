@@ -19,6 +19,9 @@ docstring for why not httpx).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -54,6 +57,21 @@ RELAYED_CONTENT_TYPES = ("application/json", "text/event-stream", "text/plain")
 # sending, can read its answer (a connection closed on unread data is reset, and the answer lost).
 DRAIN_BYTES = 16 * 2**20
 _DEAD_STATES = ("exited", "crashed", "stopped")
+
+
+@contextlib.contextmanager
+def _corked(stream: Any) -> Iterator[None]:
+    """Send what is written meanwhile as one TCP packet (Linux's TCP_CORK; elsewhere as written)."""
+    cork = getattr(socket, "TCP_CORK", None)
+    sock = stream.socket
+    try:
+        if cork is not None and sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # closed meanwhile: nothing is left to send
+            if cork is not None and stream.socket is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
 
 def upstream_headers(client_headers: Any, api_key: str) -> dict[str, str]:
@@ -166,18 +184,26 @@ class ProxyHandler(MixvllmHandler):
         self._pump.result()
 
     async def _relay_when_usable(self, name: str, path: str) -> None:
-        route = route_named(name)  # a route's request continues below, at the server that serves its model
-        if route is not None:
-            await relay_route(self, route, path)
-            return
-        await self._relay(await self._usable_record(name), path)
-
-    async def _usable_record(self, name: str) -> registry.ServerRecord:
-        """Return the record of a server that can take requests, or raise 404/502/503."""
+        # The server's record first: a server of that name wins over a route, so routes.json is read
+        # only for a name no server has (one file read less on every request to a server).
         try:
-            record = registry.get(name)
-        except (ServerNotFoundError, ValueError) as exc:
+            record = registry.get(name, missing_ok=True)
+        except ValueError as exc:
             raise OpenAIError(404, str(exc), code="server_not_found") from None
+        if record is None:
+            route = route_named(name)  # a route's request continues below, at the server that serves its model
+            if route is not None:
+                await relay_route(self, route, path)
+                return
+        await self._relay(await self._usable_record(name, record), path)
+
+    async def _usable_record(self, name: str, record: registry.ServerRecord | None = None) -> registry.ServerRecord:
+        """Return the record of a server that can take requests (``record``: just read), or raise 404/502/503."""
+        if record is None:
+            try:
+                record = registry.get(name)
+            except (ServerNotFoundError, ValueError) as exc:
+                raise OpenAIError(404, str(exc), code="server_not_found") from None
         assert record is not None
         if record.attached:
             return await self._awake(record)
@@ -263,10 +289,19 @@ class ProxyHandler(MixvllmHandler):
                 # Each write leaves at once instead of waiting for the client's ACK of the last one
                 # (Nagle); Tornado turns this off again when the answer is finished.
                 stream.set_nodelay(True)
-                await self.flush()  # the headers now: a client learns at once that its stream began
+                if not upstream.buffered:
+                    await self.flush()  # the headers now: a client learns at once that its stream began
+                # else the first events came with the head: the headers leave with them, in one packet
+                # (two would wake the client twice, and on a busy machine the second waits for its turn)
             async for data in upstream.body(framed=framed):
                 if framed:
-                    await stream.write(data)  # after the headers, in order: one IOStream buffer
+                    if not self._headers_written:
+                        with _corked(stream):
+                            flushed, written = self.flush(), stream.write(data)
+                        await flushed
+                        await written
+                    else:
+                        await stream.write(data)  # after the headers, in order: one IOStream buffer
                 else:
                     self.write(data)
                     if streamed:

@@ -48,10 +48,11 @@ async def relay_route(handler: ProxyHandler, route: dict[str, Any], path: str) -
                           code="path_not_routed")
     model = _requested_model(handler._chunks, name)
     member = await _member_for(handler, route, model)
-    if registry.get(member, missing_ok=True) is None:
+    record = registry.get(member, missing_ok=True)
+    if record is None:
         raise OpenAIError(502, f"server {member!r} (behind route {name!r}, serving {model!r}) is not running "
                           "(stopped); start it again, or change the route (%vllm_route)", code="server_dead")
-    await handler._relay(await handler._usable_record(member), path)
+    await handler._relay(await handler._usable_record(member, record), path)
 
 
 def _requested_model(chunks: list[bytes], route: str) -> str:

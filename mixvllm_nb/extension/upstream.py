@@ -88,7 +88,8 @@ class Upstream:
         sent = time.monotonic()
         try:
             writer.write(request)
-            await asyncio.wait_for(writer.drain(), write_timeout)
+            if writer.transport.get_write_buffer_size():  # mostly sent at once: no task for wait_for then
+                await asyncio.wait_for(writer.drain(), write_timeout)
             while True:
                 version, status, reason, answer = _parse_head(await reader.readuntil(b"\r\n\r\n"))
                 if reused and status == 408:  # "Request Timeout": a server's goodbye to an idle connection
@@ -140,6 +141,11 @@ class Upstream:
                 left -= len(data)
             yield data
         self._complete = True
+
+    @property
+    def buffered(self) -> bool:
+        """Whether some of the body came with the head (read already, waiting in the reader)."""
+        return bool(getattr(self.reader, "_buffer", b""))  # asyncio's StreamReader: no public peek
 
     @property
     def chunked(self) -> bool:
