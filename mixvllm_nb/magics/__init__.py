@@ -14,12 +14,13 @@ from typing import Any
 
 from .adapters import AdapterMagics
 from .chat import ChatMagics
+from .cluster import ClusterMagics
 from .routes import RouteMagics
 from .serving import ServingMagics
 from .sleep import SleepMagics
 from .tools import ToolMagics
 
-MAGIC_CLASSES = (ServingMagics, ChatMagics, ToolMagics, AdapterMagics, RouteMagics, SleepMagics)
+MAGIC_CLASSES = (ServingMagics, ChatMagics, ToolMagics, AdapterMagics, RouteMagics, SleepMagics, ClusterMagics)
 _QUESTION_MAGIC = re.compile(r"^(\s*)%(vllm_chat|vllm_generate)\b(.*\?)\s*$")
 
 

@@ -33,6 +33,7 @@ FIELDS = {
     "gpu_memory_utilization": "inference.gpu_memory_utilization",
     "tensor_parallel_size": "inference.tensor_parallel_size",
     "cpu_kv_cache_gib": "inference.cpu_kv_cache_gib",
+    "cluster": "cluster.address",
 }
 
 
@@ -89,7 +90,7 @@ class LaunchSection(widgets.VBox):
         guard = guarded(errors)
         # Each input is built from its config field: type, choices, bounds and help are declared once there.
         labels = {"trust_remote_code": "trust remote code", "name": "server name",
-                  "cpu_kv_cache_gib": "CPU KV cache GiB"}
+                  "cpu_kv_cache_gib": "CPU KV cache GiB", "cluster": "Ray cluster"}
         self.inputs: dict[str, widgets.ValueWidget] = {
             key: field_widget(dotted, labels.get(key, key),
                               default_label="default (float32 on CPU)" if on_cpu else "default (auto)")
@@ -144,7 +145,7 @@ class LaunchSection(widgets.VBox):
         """Set the widgets to ``config``'s values."""
         for key, dotted in FIELDS.items():
             value = _get(config, dotted)
-            if key in ("model", "name"):
+            if key in ("model", "name", "cluster"):
                 value = value or ""
             elif key == "max_model_len":
                 value = value or 0
@@ -171,7 +172,7 @@ class LaunchSection(widgets.VBox):
         out: dict[str, Any] = {}
         for key, dotted in FIELDS.items():
             value = self.inputs[key].value
-            if key in ("model", "name"):
+            if key in ("model", "name", "cluster"):
                 value = value.strip() or None
             elif key == "max_model_len":
                 value = value or None

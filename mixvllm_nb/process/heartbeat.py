@@ -39,7 +39,7 @@ def _loop(server: ServerProcess) -> None:
         with server.lock:
             if stop_event.is_set():
                 return
-            code = server.process.poll() if server.process is not None else None
+            code = server.poll()
             if code is not None or not server.main_alive():
                 server.exit_code = code
                 server.error = end_cause(code, server.log_path)

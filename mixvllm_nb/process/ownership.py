@@ -68,17 +68,16 @@ def owner_elsewhere(record: ServerRecord) -> str | None:
     return f"a {kind} (pid {pid})"
 
 
-def start_watchdog(pid: int, stamp: float | None, name: str, marker: str) -> subprocess.Popen:
-    """Start the watchdog that stops server ``pid`` (and everything carrying ``marker``) if this process dies."""
+def start_watchdog(record: ServerRecord, name: str) -> subprocess.Popen:
+    """Start the watchdog that stops a server (its process tree, or its Ray job) if this process dies."""
     me = os.getpid()
-    args = [
-        sys.executable, "-m", "mixvllm_nb.process.watchdog",
-        "--owner", f"{me}:{start_stamp(me)}",
-        "--server", f"{pid}:{stamp}",
-        "--name", name,
-    ]
+    args = [sys.executable, "-m", "mixvllm_nb.process.watchdog", "--owner", f"{me}:{start_stamp(me)}", "--name", name]
+    if record.cluster:
+        args += ["--job", record.cluster["job_id"]]
+    else:
+        args += ["--server", f"{record.pid or 0}:{record.create_time}"]
     env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
-    env["MIXVLLM_WATCHED_MARKER"] = marker
+    env["MIXVLLM_WATCHED_MARKER"] = record.marker or ""
     return subprocess.Popen(
         args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=env, start_new_session=True, close_fds=True,

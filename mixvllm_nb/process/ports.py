@@ -48,6 +48,19 @@ def wait_port_free(host: str, port: int, timeout: float = 10.0) -> bool:
         time.sleep(0.1)
 
 
+def wait_port_closed(host: str, port: int, timeout: float = 10.0) -> bool:
+    """Wait until nothing accepts connections at ``host:port`` (another machine's port); return whether in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((connect_host(host), port), timeout=1).close()
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def connect_host(host: str) -> str:
     """Return the address a local client should use for a server bound to ``host``."""
     if host in ("0.0.0.0", ""):

@@ -129,6 +129,7 @@ class ServerRecord:
     state: str = "starting"
     exit_code: int | None = None
     sleeping: bool = False  # put to sleep (vLLM's sleep mode): the proxy wakes it for the next request
+    cluster: dict[str, Any] = field(default_factory=dict)  # a Ray job's cluster address, job id and node
 
     @property
     def attached(self) -> bool:
@@ -139,8 +140,13 @@ class ServerRecord:
         """Return True when the server's main process is still the one we started.
 
         Same pid, same start stamp, and it carries the server's marker: a pid reused by
-        another program (or a record without ``create_time``) is not this server.
+        another program (or a record without ``create_time``) is not this server. A server on a Ray
+        cluster is alive while Ray says its job runs (asked at most every two seconds).
         """
+        if self.cluster:
+            from .ray_jobs import RayJob
+
+            return RayJob.from_record(self.cluster).poll() is None
         if self.pid is None or process_matches(self.pid, self.create_time) is None:
             return False
         return self.marker is None or carries_marker(self.pid, self.marker)

@@ -13,7 +13,6 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,21 +21,24 @@ import psutil
 from ..config import ServeConfig
 from ..config.schema import new_api_key
 from ..errors import ConfigError, MixVLLMError, NameTakenError, ServerStartError, ServerTimeoutError
-from . import heartbeat, logs, ownership, registry
+from . import heartbeat, launchers, logs, ownership, registry
 from .http import http_get
 from .ports import ensure_port_free, free_port, port_is_free, url_host, wait_port_free
+from .ray_jobs import RayJob
 from .states import State
-from .tree import StopReport, launch_env, listens_on, process_matches, start_stamp, stop_processes
+from .stopping import stop_job
+from .tree import StopReport, listens_on, process_matches, start_stamp, stop_processes
 
 log = logging.getLogger("mixvllm_nb")
 
-_JUPYTER_SECRETS = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
 
 
 class ServerProcess:
     """A model server run as a background process in its own session, tracked until it is stopped."""
 
     backend_name: ClassVar[str] = "base"
+    # Whether the backend can run as a job on a Ray cluster (``cluster.address``).
+    runs_on_cluster: ClassVar[bool] = False
 
     def __init__(self, config: ServeConfig, *, detach: bool = False, owner_kind: str = "python") -> None:
         self.config = config
@@ -52,6 +54,7 @@ class ServerProcess:
         self.engine_pids: dict[int, float | None] = {}
         self.stop_event = threading.Event()
         self.lock = threading.RLock()
+        self.job: RayJob | None = None  # a server on a Ray cluster: its job, in place of ``process``
         self._watchdog: subprocess.Popen | None = None
         self._launched_at = 0.0
 
@@ -66,6 +69,15 @@ class ServerProcess:
 
     def check_resources(self) -> None:
         """Raise ConfigError, before anything is launched, when this machine cannot run the config."""
+
+    def cluster_gpus(self) -> int:
+        """Return the GPUs a cluster job asks Ray for (the backend knows its parallel layout; none by default)."""
+        return 0
+
+    @property
+    def on_cluster(self) -> bool:
+        """True when the server runs as a job on a Ray cluster (``cluster.address``), not on this machine."""
+        return bool(self.config.cluster.address)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -101,7 +113,7 @@ class ServerProcess:
                 cfg.model.served_model_name = served
         else:
             _check_model_exists(cfg.model.name)
-        if cfg.server.port is None:
+        if cfg.server.port is None and not self.on_cluster:  # on a cluster, the node the job lands on picks it
             cfg.server.port = free_port(cfg.server.host)
         if cfg.server.api_key is None:
             cfg.server.api_key = new_api_key()
@@ -171,26 +183,30 @@ class ServerProcess:
         with self.lock:
             if self.state not in (State.NEW, State.STOPPED, State.EXITED, State.CRASHED):
                 raise MixVLLMError(f"server {self.name} is already {self.state}")
+            if self.on_cluster and not self.runs_on_cluster:
+                raise ConfigError(f"cluster.address: the {self.backend_name} backend runs on this machine only; "
+                                  "use backend vllm on a Ray cluster")
             explicit_port = self.config.server.port is not None
             self.prepare()
             self.check_resources()
-            if explicit_port:
+            if explicit_port and not self.on_cluster:
                 ensure_port_free(self.host, self.port)
             self.name = self._claim_name()
             try:
                 self._spawn()
-            except BaseException:  # nothing half-started may stay: the process, if it began, and its name
+            except BaseException:  # nothing half-started may stay: the process or job, if it began, and its name
                 if self.process is not None and self.process.poll() is None:
                     self.process.kill()
                     self.process.wait()
+                if self.job is not None:
+                    self.job.stop()
                 registry.remove(self.name)
                 raise
             self.set_state(State.STARTING)
             self._launched_at = time.monotonic()
             ownership.track(self)
             if not self.detach and self.record is not None:
-                self._watchdog = ownership.start_watchdog(self.record.pid or 0, self.record.create_time, self.name,
-                                                          self.record.marker or "")
+                self._watchdog = ownership.start_watchdog(self.record, self.name)
             self.stop_event.clear()
             heartbeat.start(self)
 
@@ -216,47 +232,12 @@ class ServerProcess:
         raise MixVLLMError(f"could not find a free server name starting with {base!r}")
 
     def _spawn(self) -> None:
-        log_dir = Path(self.config.log_dir or registry.state_dir() / "logs").expanduser()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        marker = uuid.uuid4().hex
-        # Jupyter's credentials stay out of the model server: it has no use for them.
-        inherited = {k: v for k, v in os.environ.items() if k not in _JUPYTER_SECRETS}
-        env = {**inherited, **self.get_launch_env(), **launch_env(marker)}
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        command = self.get_launch_command()
-        if self.config.profile.enabled:
-            Path(self.config.profile.output_dir).mkdir(parents=True, exist_ok=True)
-        # 0600: the log names the command line and may hold what a model prints; it is its owner's alone.
-        with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log_file:
-            log_file.write(f"# mixvllm_nb: {' '.join(command)}\n".encode())
-            log_file.flush()
-            # A new session: the server is not in the kernel's process group, so an interrupt
-            # (SIGINT to the group) or a kernel restart never reaches it by accident.
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, close_fds=True,
-            )
-        self.record = registry.ServerRecord(
-            name=self.name,
-            backend=self.get_backend_name(),
-            model=self.model,
-            served_model_name=self.served_model_name,
-            host=self.host,
-            port=self.port,
-            base_url=self.base_url,
-            api_key=self.api_key,
-            pid=self.process.pid,
-            create_time=start_stamp(self.process.pid),
-            marker=marker,
-            log_path=str(log_path),
-            owner=ownership.owner_info(self.owner_kind),
-            identity=self.config.identity(),
-            config=self.config.public_dict(),
-            detached=self.detach,
-        )
-        registry.save(self.record)
-        log.info("launched %s (pid %s), log %s", self.name, self.process.pid, log_path)
+        """Start the server where its config says: a process here, or a job on a Ray cluster."""
+        if self.on_cluster:
+            launchers.submit_job(self, self.cluster_gpus())
+        else:
+            launchers.start_process(self)
+        self.record = registry.get(self.name)
 
     # -- readiness -------------------------------------------------------------------------------
 
@@ -281,7 +262,8 @@ class ServerProcess:
         """Ask a starting server whether it is ready now; remember its engine processes when it is."""
         with self.lock:
             # Nothing is asked (with the key) of a port that another program holds: it would get the key.
-            if self.state != State.STARTING or not listens_on(self.pid, self.port) or not self.is_ready():
+            if (self.state != State.STARTING or (self.job is None and not listens_on(self.pid, self.port))
+                    or not self.is_ready()):
                 return self.state == State.READY
             self.engine_pids = self._snapshot_children()
             self.set_state(State.READY)
@@ -294,7 +276,7 @@ class ServerProcess:
     def _fail_start(self, what: str, *, timeout_error: bool = False) -> None:
         text = logs.read_text(self.log_path)
         cause = logs.failure_cause(text) or what
-        code = self.process.poll() if self.process else None
+        code = self.poll()
         self.stop()
         if code is not None:
             self.exit_code = code
@@ -312,10 +294,17 @@ class ServerProcess:
         return status == 200
 
     def main_alive(self) -> bool:
-        """Return True while the server's main process runs."""
-        if self.process is not None:
-            return self.process.poll() is None
+        """Return True while the server's main process (or its Ray job) runs."""
+        if self.process is not None or self.job is not None:
+            return self.poll() is None
         return bool(self.record and self.record.process_alive())
+
+    def poll(self) -> int | None:
+        """Return the exit code of our own process or job once it has ended (a job's log is copied here meanwhile)."""
+        if self.job is not None:
+            self.job.mirror_log(self.log_path)
+            return self.job.poll()
+        return self.process.poll() if self.process is not None else None
 
     def _snapshot_children(self) -> dict[int, float | None]:
         """Remember the engine processes, so that the heartbeat notices one dying."""
@@ -339,12 +328,14 @@ class ServerProcess:
                 root = psutil.Process(self.process.pid) if self.process.poll() is None else None
             elif self.record and self.record.pid:
                 root = process_matches(self.record.pid, self.record.create_time)
-            marker = self.record.marker if self.record else None
-            report = stop_processes(root, marker, grace=timeout)
-            self.wait_exit(5)
-            if self.port:  # wait only when we stopped something: a port another program holds never frees
-                report.port_free = (wait_port_free(self.host, self.port, timeout=10) if report.processes
-                                    else port_is_free(self.host, self.port))
+            if self.record is not None and self.record.cluster:
+                report = stop_job(self.record, grace=timeout)  # Ray stops it; its port is checked from here
+            else:
+                report = stop_processes(root, self.record.marker if self.record else None, grace=timeout)
+                self.wait_exit(5)
+                if self.port:  # wait only when we stopped something: a port another program holds never frees
+                    report.port_free = (wait_port_free(self.host, self.port, timeout=10) if report.processes
+                                        else port_is_free(self.host, self.port))
             self.stop_watchdog()
             if self.name:
                 registry.remove(self.name)

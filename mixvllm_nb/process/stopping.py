@@ -8,7 +8,7 @@ are all that stopping needs.
 from __future__ import annotations
 
 from . import registry
-from .ports import port_is_free, wait_port_free
+from .ports import port_is_free, wait_port_closed, wait_port_free
 from .tree import StopReport, process_matches, stop_processes
 
 
@@ -22,6 +22,10 @@ def stop_record(record: registry.ServerRecord, grace: float = 15.0) -> StopRepor
     if record.attached:
         registry.remove(record.name, expected=record)
         return StopReport()
+    if record.cluster:
+        report = stop_job(record, grace=grace)
+        registry.remove(record.name, expected=record)
+        return report
     root = process_matches(record.pid, record.create_time) if record.pid else None
     report = stop_processes(root, record.marker, grace=grace)
     if record.port:
@@ -38,3 +42,15 @@ def stop_record(record: registry.ServerRecord, grace: float = 15.0) -> StopRepor
 def stop_named(name: str, grace: float = 15.0) -> StopReport:
     """Stop the registered server called ``name`` (ServerNotFoundError when there is none)."""
     return stop_record(registry.get(name), grace=grace)
+
+
+def stop_job(record: registry.ServerRecord, grace: float = 15.0) -> StopReport:
+    """Stop a server's Ray job (Ray signals it on its node), then wait until its port no longer answers."""
+    from .ray_jobs import RayJob
+
+    job = RayJob.from_record(record.cluster)
+    job.stop(timeout=grace + 15)  # Ray's own grace before it kills the job is longer than ours
+    report = StopReport(job=job.job_id, job_state=job.status(fresh=True))
+    if record.port:
+        report.port_free = wait_port_closed(record.host, record.port, timeout=10)
+    return report

@@ -45,15 +45,22 @@ class StopReport:
     leftover: list[int] = field(default_factory=list)
     port_free: bool = True
     foreign: list[int] = field(default_factory=list)
+    job: str = ""  # a server on a Ray cluster: its job id
+    job_state: str = ""  # Ray's state of that job after the stop (STOPPED, or what it still is)
 
     @property
     def clean(self) -> bool:
-        """True when no process is left and the port is free."""
-        return not self.leftover and self.port_free
+        """True when no process (or job) is left and the port is free."""
+        return not self.leftover and self.port_free and self.job_state in ("", "STOPPED", "SUCCEEDED", "FAILED")
 
     def summary(self) -> str:
         """Return one line: how many processes were stopped and whether anything is left."""
         alone = f"; left alone pid(s) {', '.join(map(str, self.foreign))} (not this server's)" if self.foreign else ""
+        if self.job:
+            port = "port closed" if self.port_free else "its port still answers"
+            if self.clean:
+                return f"stopped Ray job {self.job} ({self.job_state}); nothing left, {port}"
+            return f"Ray job {self.job} is still {self.job_state}; {port}"
         if self.clean:
             return f"stopped {len(self.processes)} process(es); nothing left, port free{alone}"
         left = ", ".join(map(str, self.leftover)) or "none"

@@ -1,0 +1,236 @@
+"""A server run as a Ray job: submit it, ask its state, mirror its log, stop it, list the cluster's nodes.
+
+Ray's own job API (``ray.job_submission.JobSubmissionClient``, the ``cluster`` extra) does the
+scheduling; nothing here is a scheduler. :class:`RayJob` is to a cluster server what ``Popen`` is to
+a local one: ``poll()`` gives an exit code once the job has ended, ``stop()`` ends it.
+
+Ray's token (clusters started with ``RAY_AUTH_MODE=token``) is found by :func:`ray_token`. It is
+sent only to a cluster that asks for one (a first request goes without it), only in a header, and is
+never stored in the registry, logged or put in the job's environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ClusterError
+from . import ENGINE_SIDE
+
+log = logging.getLogger("mixvllm_nb")
+SERVING_RE = re.compile(r"^MIXVLLM_SERVING (\S+) (\d+)$", re.MULTILINE)
+ENDED = {"STOPPED": -15, "SUCCEEDED": 0, "FAILED": 1}  # Ray's terminal job states, as exit codes
+ENTRY_SCRIPT = "mixvllm_ray_entry.py"
+_CLIENTS: dict[str, Any] = {}
+_HEADERS: dict[str, dict[str, str] | None] = {}
+_STATUS: dict[tuple[str, str], tuple[float, str]] = {}
+_LOCK = threading.RLock()
+STATUS_TTL = 2.0  # seconds a job's state is reused: a listing of ten servers asks Ray once per server
+
+
+def token_file(address: str) -> Path:
+    """Return where the token of a cluster mixvllm_nb started itself is kept (the state dir, 0600)."""
+    from .registry import state_dir
+
+    parts = urlsplit(address)
+    return state_dir() / "clusters" / f"{parts.hostname}_{parts.port or 80}.token"
+
+
+def ray_token(address: str) -> tuple[str | None, str]:
+    """Return Ray's token for ``address`` and where it came from.
+
+    The token of a cluster mixvllm_nb started (kept per address) first, then the user's
+    ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names, and Ray's own ``~/.ray/auth_token``.
+    """
+    own = token_file(address)
+    if own.is_file():
+        return own.read_text().strip(), "the token of the local cluster mixvllm_nb started"
+    if token := os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return token, "RAY_AUTH_TOKEN"
+    for source in (os.environ.get("RAY_AUTH_TOKEN_PATH"), str(Path.home() / ".ray" / "auth_token")):
+        if source and Path(source).expanduser().is_file():
+            token = Path(source).expanduser().read_text().strip()
+            if token:
+                return token, source
+    return None, ""
+
+
+def check_address(address: str) -> str:
+    """Return the job API's URL without a trailing slash; ClusterError naming what is allowed otherwise."""
+    parts = urlsplit(address.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClusterError(f"cluster.address: {address!r} is not the URL of a Ray cluster's job API; "
+                           "give http://HEAD:8265 (the dashboard's address)")
+    return address.strip().rstrip("/")
+
+
+def head_host(address: str) -> str:
+    """Return the host name of the cluster's head, as the notebook reaches it."""
+    return urlsplit(address).hostname or ""
+
+
+def _headers(address: str) -> dict[str, str] | None:
+    """Return the headers a cluster needs (Ray's token, only if it asks for one), checking that it answers."""
+    try:
+        from ray.exceptions import AuthenticationError
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:
+        raise ClusterError("cluster: Ray's job client is not installed here; "
+                           "pip install 'mixvllm-nb[cluster]' (ray[default])") from None
+    token, source = ray_token(address)
+    try:
+        try:
+            _CLIENTS[address] = JobSubmissionClient(address)  # creating it asks the cluster for its version
+            return None
+        except AuthenticationError:
+            if token is None:
+                raise ClusterError(f"cluster {address} asks for Ray's token and none was found: set RAY_AUTH_TOKEN "
+                                   "or RAY_AUTH_TOKEN_PATH, or put it in ~/.ray/auth_token (`ray get-auth-token` "
+                                   "on the head prints it)") from None
+        headers = {"Authorization": f"Bearer {token}"}
+        _CLIENTS[address] = JobSubmissionClient(address, headers=headers)
+        return headers
+    except AuthenticationError:
+        raise ClusterError(f"cluster {address} refused the Ray token from {source}: it is not this cluster's "
+                           "(`ray get-auth-token` on the head prints the right one)") from None
+    except ConnectionError:
+        raise ClusterError(f"cluster.address: no Ray cluster answers at {address}; start one (ray start --head "
+                           "--dashboard-host ...) or give its job API's address, http://HEAD:8265") from None
+
+
+def jobs_client(address: str) -> Any:
+    """Return the (cached) job client of a cluster; ClusterError in one line when it cannot be reached."""
+    with _LOCK:
+        if address not in _CLIENTS:
+            _HEADERS[address] = _headers(address)
+        return _CLIENTS[address]
+
+
+def nodes(address: str) -> list[dict[str, Any]]:
+    """Return the cluster's live nodes: address, head or not, CPUs, GPUs, memory (GiB), accelerator."""
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    jobs_client(address)  # reachable, and the token it needs known
+    headers = _HEADERS.get(address)
+    client = StateApiClient(address, headers=headers) if headers else StateApiClient(address)
+    found = client.list(StateResource.NODES, options=ListApiOptions(detail=True), raise_on_missing_output=False)
+    out = []
+    for node in found:
+        if node.state != "ALIVE":
+            continue
+        total = node.resources_total or {}
+        accelerator = next((k.split(":", 1)[1] for k in total if k.startswith("accelerator_type:")), "")
+        out.append({"node_ip": node.node_ip, "head": bool(node.is_head_node), "cpus": int(total.get("CPU", 0)),
+                    "gpus": int(total.get("GPU", 0)), "memory_gib": round(total.get("memory", 0) / 1024**3, 1),
+                    "accelerator": accelerator})
+    return sorted(out, key=lambda n: (not n["head"], n["node_ip"]))
+
+
+class RayJob:
+    """A model server submitted to a Ray cluster as a job, followed like a local process."""
+
+    def __init__(self, address: str, job_id: str) -> None:
+        self.address = address
+        self.job_id = job_id
+        self._text = ""  # the job's log as far as it is copied to the local log file
+        self._fetched_at = float("-inf")
+
+    @classmethod
+    def submit(cls, address: str, job_id: str, command: list[str], *, env: dict[str, str],
+               runtime_env: dict[str, Any], python: str, num_gpus: int, metadata: dict[str, str]) -> RayJob:
+        """Submit ``command`` as a job that first binds it where the notebook reaches it (see engine_side)."""
+        import shlex
+
+        runtime = dict(runtime_env)
+        if "working_dir" in runtime:
+            raise ClusterError("cluster.runtime_env.working_dir: set by mixvllm_nb (it ships the job's entry "
+                               "script); use py_modules or pip for your own code")
+        runtime["working_dir"] = ENGINE_SIDE
+        runtime["env_vars"] = {**runtime.get("env_vars", {}), **env}
+        entry = [python, ENTRY_SCRIPT, "--reach", head_host(address), "--", *command]
+        client = jobs_client(address)
+        try:
+            client.submit_job(entrypoint=shlex.join(entry), submission_id=job_id, runtime_env=runtime,
+                              metadata=metadata, entrypoint_num_gpus=num_gpus or None)
+        except RuntimeError as exc:  # Ray's answer to a bad runtime_env or a taken id, in its own words
+            raise ClusterError(f"cluster {address} refused the job: {str(exc).splitlines()[-1][:300]}") from None
+        return cls(address, job_id)
+
+    @classmethod
+    def from_record(cls, cluster: dict[str, Any]) -> RayJob:
+        """Return the job a registry record's ``cluster`` entry names."""
+        return cls(cluster["address"], cluster["job_id"])
+
+    def status(self, *, fresh: bool = False) -> str:
+        """Return Ray's state of the job (PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED); UNKNOWN if unreachable."""
+        key = (self.address, self.job_id)
+        now = time.monotonic()
+        with _LOCK:
+            cached = _STATUS.get(key)
+        if cached and not fresh and now - cached[0] < STATUS_TTL:
+            return cached[1]
+        try:
+            status = str(jobs_client(self.address).get_job_status(self.job_id).value)
+        except ClusterError:
+            return "UNKNOWN"
+        except Exception as exc:  # noqa: BLE001  (Ray raises RuntimeError for a job it no longer knows)
+            status = "GONE" if "does not exist" in str(exc) else "UNKNOWN"
+        with _LOCK:
+            _STATUS[key] = (now, status)
+        return status
+
+    def poll(self) -> int | None:
+        """Return None while the job runs (or the cluster cannot say), else its exit code (-15 when stopped)."""
+        status = self.status()
+        if status == "GONE":
+            return -9
+        return ENDED.get(status)
+
+    def logs(self) -> str:
+        """Return the job's whole log as Ray keeps it ('' when Ray cannot give it)."""
+        try:
+            return jobs_client(self.address).get_job_logs(self.job_id)
+        except Exception:  # noqa: BLE001  (a log is never worth an error: the state says what happened)
+            return ""
+
+    def mirror_log(self, path: str, *, every: float = 1.0) -> str:
+        """Append what the job logged since the last copy to the local log file at ``path``; return the log.
+
+        At most one fetch per ``every`` seconds: the heartbeat and a waiting start both ask.
+        """
+        now = time.monotonic()
+        if now - self._fetched_at < every:
+            return self._text
+        self._fetched_at, text = now, self.logs()
+        if len(text) > len(self._text) and path:
+            with open(path, "a", errors="replace") as handle:
+                handle.write(text[len(self._text):])
+            self._text = text
+        return self._text
+
+    def serving_address(self, text: str) -> tuple[str, int] | None:
+        """Return the node address and port the job's entry script announced, once it has."""
+        found = SERVING_RE.search(text)
+        return (found.group(1), int(found.group(2))) if found else None
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Ask Ray to stop the job and wait until it has ended; return whether it ended in time."""
+        try:
+            jobs_client(self.address).stop_job(self.job_id)
+        except ClusterError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (already ended, or gone: nothing left to stop)
+            log.info("mixvllm_nb: Ray job %s: %s", self.job_id, exc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.status(fresh=True) in (*ENDED, "GONE"):
+                return True
+            time.sleep(0.5)
+        return False
