@@ -23,11 +23,10 @@ from typing import Any
 
 from .errors import ClusterError
 from .process import registry
+from .process.launchers import JUPYTER_SECRETS
 from .process.ports import free_port
 from .process.ray_jobs import jobs_client, nodes, token_file
 from .process.tree import launch_env, stop_processes
-
-_JUPYTER_SECRETS = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
 
 
 @dataclass
@@ -40,10 +39,14 @@ class LocalCluster:
     log_dir: Path = field(repr=False)
     processes: list[subprocess.Popen] = field(default_factory=list, repr=False)
 
-    def add_worker(self, num_cpus: int = 1, timeout: float = 90.0) -> None:
-        """Start one more node of the cluster on this machine (``ray start --address``)."""
+    def add_worker(self, num_cpus: int = 1, num_gpus: int = 0, timeout: float = 90.0) -> None:
+        """Start one more node of the cluster on this machine (``ray start --address``).
+
+        ``num_gpus`` is what the node declares to Ray (Ray schedules by declared resources).
+        """
         expected = len(nodes(self.address)) + 1
-        self.processes.append(_ray_start(["--address", self.gcs_address, "--num-cpus", str(num_cpus)],
+        self.processes.append(_ray_start(["--address", self.gcs_address, "--num-cpus", str(num_cpus),
+                                          "--num-gpus", str(num_gpus)],
                                          self.marker, self.log_dir / f"worker-{expected}.log", self.address))
         _wait_for_nodes(self, expected, timeout)
 
@@ -65,7 +68,7 @@ def _ray_start(args: list[str], marker: str, log_path: Path, address: str) -> su
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     if ray is None:
         raise ClusterError("cluster: Ray is not installed here; pip install 'mixvllm-nb[cluster]' (ray[default])")
-    env = {k: v for k, v in os.environ.items() if k not in _JUPYTER_SECRETS and not k.startswith("RAY_AUTH")}
+    env = {k: v for k, v in os.environ.items() if k not in JUPYTER_SECRETS and not k.startswith("RAY_AUTH")}
     # `python` in a job's entrypoint is this Python, which has vLLM: its folder goes first on the PATH.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.update(launch_env(marker), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token_file(address).read_text().strip(),
@@ -100,7 +103,7 @@ def start_local_cluster(num_cpus: int = 2, workers: int = 0, worker_cpus: int = 
         cluster.processes.append(_ray_start(head, marker, cluster.log_dir / "head.log", address))
         _wait_for_nodes(cluster, 1, timeout)
         for _ in range(workers):
-            cluster.add_worker(worker_cpus, timeout)
+            cluster.add_worker(worker_cpus, timeout=timeout)
     except BaseException:
         cluster.stop()  # nothing half-started stays
         raise

@@ -53,7 +53,7 @@ def _text(notebook: nbformat.NotebookNode) -> str:
 
 def test_only_notebooks_about_vllm_only_features_are_left_out_and_they_say_why():
     left_out = {path.stem: _first_cell(path) for path in ALL_NOTEBOOKS if path not in NOTEBOOKS}
-    assert list(left_out) == ["09_lora_adapters"]
+    assert list(left_out) == ["09_lora_adapters", "10_ray_cluster"]
     assert all("llama.cpp engine" in text and "serves no" in text for text in left_out.values())
 
 

@@ -93,11 +93,17 @@ class ServingMagics(Magics):
         server = find_server(args.name)
         if server.attached or not server.log_path:
             raise UsageError(f"{server.name} is attached: its log lives on the remote machine")
+        server.refresh_log()  # a server on a Ray cluster: its job's log, copied here
         print(logs.tail(server.log_path, args.lines))
         if not args.follow:
             return
+
+        def still_running() -> bool:
+            server.refresh_log()
+            return current_state(server.name, server).live
+
         try:
-            for chunk in logs.follow(server.log_path, lambda: current_state(server.name, server).live):
+            for chunk in logs.follow(server.log_path, still_running):
                 print(chunk, end="", flush=True)
             print(f"[{server.name} is {current_state(server.name, server)}]")
         except KeyboardInterrupt:

@@ -174,6 +174,8 @@ class MonitorSection(widgets.VBox):
         from ..status import live_load
 
         load = live_load(server, previous) if state in ("ready", "unhealthy") else {}
+        if hasattr(server, "refresh_log") and state not in TERMINAL_STATES:
+            server.refresh_log()  # a server on a Ray cluster: the Logs tab shows its job's log
         rss = None if getattr(server, "attached", False) or state in TERMINAL_STATES else process_tree_rss(server.pid)
         figures: dict[str, Any] = {"state": state, "rss": rss, "gpus": [] if self.on_cpu else gpu_memory(), **load}
         if state == "ready" and not self._capacity_read:  # read the log once, not every tick
@@ -185,11 +187,14 @@ class MonitorSection(widgets.VBox):
         self.ticks += 1
         self.last = figures
         state = figures["state"]
-        started = server.record.started_at if getattr(server, "record", None) else None
+        record = getattr(server, "record", None)
+        started = record.started_at if record else None
+        cluster = record.cluster if record else {}
+        where = f"Ray job {cluster['job_id']}" if cluster else f"pid {server.pid or '-'}"
         uptime = format_uptime(time.time() - started) if started and state not in TERMINAL_STATES else "-"
         self.summary.value = (
             f"<b>{html.escape(server.name)}</b> {state_badge(state)} · {html.escape(server.served_model_name)} · "
-            f"<code>{html.escape(server.base_url)}/v1</code> · pid {server.pid or '-'} · up {uptime}"
+            f"<code>{html.escape(server.base_url)}/v1</code> · {html.escape(where)} · up {uptime}"
         )
         self._show_memory(figures, server)
         if "capacity" in figures:
@@ -228,7 +233,9 @@ class MonitorSection(widgets.VBox):
         rss, total = figures["rss"], psutil.virtual_memory().total
         bar.value = (rss or 0) / total
         text.value = (f"{rss / GIB:.2f} GiB of {total / GIB:.0f} GiB (all its processes)" if rss is not None
-                      else "remote server" if getattr(server, "attached", False) else "-")
+                      else "remote server" if getattr(server, "attached", False)
+                      else "on a Ray cluster node" if getattr(getattr(server, "record", None), "cluster", None)
+                      else "-")
 
 
 class LogsSection(widgets.VBox):

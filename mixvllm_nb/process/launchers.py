@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .server import ServerProcess
 
 log = logging.getLogger("mixvllm_nb")
-_JUPYTER_SECRETS = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
+JUPYTER_SECRETS = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
 
 
 def _new_log(server: ServerProcess, command: list[str]) -> Path:
@@ -53,7 +53,7 @@ def start_process(server: ServerProcess) -> tuple[subprocess.Popen, registry.Ser
     """Start the server as a process of its own on this machine, in its own session; register it."""
     marker = uuid.uuid4().hex
     # Jupyter's credentials stay out of the model server: it has no use for them.
-    inherited = {k: v for k, v in os.environ.items() if k not in _JUPYTER_SECRETS}
+    inherited = {k: v for k, v in os.environ.items() if k not in JUPYTER_SECRETS}
     env = {**inherited, **server.get_launch_env(), **launch_env(marker)}
     env.setdefault("PYTHONUNBUFFERED", "1")
     command = server.get_launch_command()
@@ -98,9 +98,10 @@ def submit_job(server: ServerProcess, gpus_per_job: int = 0) -> tuple[RayJob, re
     while (where := job.serving_address(job.mirror_log(str(log_path), every=0))) is None:
         if job.poll() is not None or time.monotonic() > deadline:
             text = logs.read_text(log_path)
+            cause = job_failure(text) or "no error in its log (`ray job logs` shows Ray's side)"
             raise ServerStartError(f"{server.backend_name} server {server.name}: Ray job {job_id} on {address} "
-                                   f"{'ended' if job.poll() is not None else 'did not start'}: {job_failure(text)}",
-                                   cause=job_failure(text), log_tail=logs.tail(log_path, 40), log_path=str(log_path))
+                                   f"{'ended' if job.poll() is not None else 'did not start'}: {cause}",
+                                   cause=cause, log_tail=logs.tail(log_path, 40), log_path=str(log_path))
         time.sleep(0.5)
     server.config.server.host, server.config.server.port = where
     record.host, record.port, record.base_url = where[0], where[1], server.base_url
@@ -110,13 +111,10 @@ def submit_job(server: ServerProcess, gpus_per_job: int = 0) -> tuple[RayJob, re
 
 
 def job_failure(text: str) -> str:
-    """Return in one line why a job ended at start: vLLM missing on the cluster, or the log's error."""
-    if "No module named 'vllm'" in text or "No module named vllm" in text:
-        return ("vLLM is not installed in the cluster's Python (cluster.python); install it on the nodes, or name "
-                "a Python that has it, or add it to cluster.runtime_env's pip")
+    """Return in one line why a job ended at start: the cluster's Python missing, or the log's error."""
     if "mixvllm_ray_entry.py" in text and ("not found" in text or "No such file" in text):
         return "the cluster's Python (cluster.python) was not found on the node; give a name on its PATH or a full path"
-    return logs.failure_cause(text) or "no error in its log (ray job logs shows it)"
+    return logs.failure_cause(text)
 
 
 def check_cluster_gpus(address: str, needed: int, *, across_nodes: bool) -> int:

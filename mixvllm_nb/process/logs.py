@@ -157,6 +157,9 @@ def kv_cache_report(text: str) -> KVCacheReport | None:
 
 def failure_cause(text: str) -> str:
     """Return the most telling error line of a failed start, or '' when there is none."""
+    if "No module named 'vllm'" in text:  # the engine's Python has no vLLM: say it in those words
+        return ("vLLM is not installed in the Python that runs the server (on a Ray cluster: cluster.python; install "
+                "it on the nodes, name a Python that has it, or add it to cluster.runtime_env's pip)")
     candidates = [m for line in text.splitlines() if (m := _ERROR_RE.match(line.strip()))]
     if candidates:
         kind, message = candidates[-1].groups()

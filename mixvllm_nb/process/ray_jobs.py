@@ -201,18 +201,23 @@ class RayJob:
             return ""
 
     def mirror_log(self, path: str, *, every: float = 1.0) -> str:
-        """Append what the job logged since the last copy to the local log file at ``path``; return the log.
+        """Copy the job's log into the local log file at ``path`` (after its header line); return the log.
 
-        At most one fetch per ``every`` seconds: the heartbeat and a waiting start both ask.
+        Written in place from the same offset each time, so two processes copying at once write the same
+        bytes, and a reader following the file sees only what is new. At most one fetch per ``every`` s.
         """
         now = time.monotonic()
         if now - self._fetched_at < every:
             return self._text
         self._fetched_at, text = now, self.logs()
-        if len(text) > len(self._text) and path:
-            with open(path, "a", errors="replace") as handle:
-                handle.write(text[len(self._text):])
-            self._text = text
+        if text and path:
+            data = text.encode(errors="replace")
+            with open(path, "r+b") as handle:
+                start = len(handle.readline())  # after the header mixvllm_nb wrote (the command line)
+                if handle.seek(0, 2) < start + len(data):  # only a longer log is news: Ray's only grows
+                    handle.seek(start)
+                    handle.write(data)
+        self._text = text or self._text
         return self._text
 
     def serving_address(self, text: str) -> tuple[str, int] | None:

@@ -189,11 +189,12 @@ class ServerProcess:
             explicit_port = self.config.server.port is not None
             self.prepare()
             self.check_resources()
+            job_gpus = self.cluster_gpus() if self.on_cluster else 0  # refused here, before a name is claimed
             if explicit_port and not self.on_cluster:
                 ensure_port_free(self.host, self.port)
             self.name = self._claim_name()
             try:
-                self._spawn()
+                self._spawn(job_gpus)
             except BaseException:  # nothing half-started may stay: the process or job, if it began, and its name
                 if self.process is not None and self.process.poll() is None:
                     self.process.kill()
@@ -231,10 +232,10 @@ class ServerProcess:
                 return candidate
         raise MixVLLMError(f"could not find a free server name starting with {base!r}")
 
-    def _spawn(self) -> None:
+    def _spawn(self, job_gpus: int = 0) -> None:
         """Start the server where its config says: a process here, or a job on a Ray cluster."""
         if self.on_cluster:
-            launchers.submit_job(self, self.cluster_gpus())
+            launchers.submit_job(self, job_gpus)
         else:
             launchers.start_process(self)
         self.record = registry.get(self.name)
@@ -274,8 +275,9 @@ class ServerProcess:
         return time.monotonic() - self._launched_at
 
     def _fail_start(self, what: str, *, timeout_error: bool = False) -> None:
+        self.refresh_log()  # a Ray job's last lines, copied before they are read
         text = logs.read_text(self.log_path)
-        cause = logs.failure_cause(text) or what
+        cause = (launchers.job_failure(text) if self.on_cluster else logs.failure_cause(text)) or what
         code = self.poll()
         self.stop()
         if code is not None:
@@ -298,6 +300,12 @@ class ServerProcess:
         if self.process is not None or self.job is not None:
             return self.poll() is None
         return bool(self.record and self.record.process_alive())
+
+    def refresh_log(self) -> None:
+        """Bring the local log up to date: a Ray job's log is copied from the cluster (a local one is written live)."""
+        cluster = self.record.cluster if self.record else {}
+        if cluster and self.log_path:
+            (self.job or RayJob.from_record(cluster)).mirror_log(self.log_path, every=0.5)
 
     def poll(self) -> int | None:
         """Return the exit code of our own process or job once it has ended (a job's log is copied here meanwhile)."""

@@ -22,13 +22,18 @@ _SECRET_NAME = re.compile(r"key|token|secret|password|passwd|credential", re.IGN
 HIDDEN = "<hidden>"
 
 
+def _runs_here(live: Any) -> bool:
+    """True for this process's own server object (its process or Ray job started here): its heartbeat knows first."""
+    return live is not None and (getattr(live, "process", None) is not None or getattr(live, "job", None) is not None)
+
+
 def effective_state(record: registry.ServerRecord, live: Any = None) -> State:
     """Return the state a registered server is in now.
 
     ``live`` is this process's own server object, whose heartbeat knows first; otherwise the
     record's state, corrected when its process is gone.
     """
-    if live is not None and getattr(live, "process", None) is not None:
+    if _runs_here(live):
         return State(live.state)
     try:
         state = State(record.state)
@@ -37,13 +42,18 @@ def effective_state(record: registry.ServerRecord, live: Any = None) -> State:
     if record.attached:
         return state
     if state.live and not record.process_alive():
-        return State.CRASHED if record.exit_code not in (None, 0) else State.EXITED
+        code = record.exit_code
+        if code is None and record.cluster:  # Ray knows how the job ended
+            from .ray_jobs import RayJob
+
+            code = RayJob.from_record(record.cluster).poll()
+        return State.CRASHED if code not in (None, 0) else State.EXITED
     return state
 
 
 def current_state(name: str, live: Any = None) -> State:
     """Return the state of the server called ``name``; ``stopped`` once its record is gone."""
-    if live is not None and getattr(live, "process", None) is not None:
+    if _runs_here(live):
         return State(live.state)
     record = registry.get(name, missing_ok=True) if name else None
     return State.STOPPED if record is None else effective_state(record)
