@@ -51,7 +51,15 @@ class LocalCluster:
         _wait_for_nodes(self, expected, timeout)
 
     def stop(self) -> int:
-        """Stop every process of the cluster (those carrying its marker); return how many were stopped."""
+        """Stop the servers running on the cluster, then every process of it (those carrying its marker).
+
+        Return how many processes were stopped.
+        """
+        from .api import stop_server
+
+        for record in registry.list_records():
+            if record.cluster.get("address") == self.address:
+                stop_server(record.name, force=True)  # a job of a cluster that is going away goes first
         report = stop_processes(None, self.marker, grace=15)
         for process in self.processes:
             process.poll()

@@ -240,3 +240,43 @@ def test_no_node_with_the_gpus_asked_for_is_refused_before_anything_runs(ip, clu
     with pytest.raises(UsageError, match=r"no node has the 2 GPUs asked for \(the most on one node: 1 on "):
         ip.run_line_magic("vllm_serve", f"--cluster {cluster.address} --name too-big --tensor-parallel-size 2")
     assert registry.get("too-big", missing_ok=True) is None and [r.name for r in registry.list_records()] == before
+
+
+def test_a_dead_owners_cluster_server_is_stopped_through_ray_by_its_watchdog(cluster):
+    """The owner (a real process) is SIGKILLed: its watchdog stops the job through Ray and forgets the record.
+
+    The job is a sleeping Python, not vLLM (what is checked is the watchdog's path, not the engine's).
+    """
+    import signal
+
+    from mixvllm_nb.process.ownership import owner_info
+    from mixvllm_nb.process.tree import start_stamp
+
+    job_id = f"mixvllm-watched-{time.monotonic_ns()}"
+    RayJob.submit(cluster.address, job_id, ["python", "-c", "import time; time.sleep(600)", "--port", "0"], env={},
+                  runtime_env={}, python="python", num_gpus=0, metadata={})
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        record = registry.ServerRecord(name="watched-on-ray", backend="vllm", model="m", served_model_name="m",
+                                       host="127.0.0.1", port=0, base_url="", owner=owner_info("python"),
+                                       cluster={"address": cluster.address, "job_id": job_id})
+        record.owner["pid"] = owner.pid
+        registry.save(record)
+        deadline = time.monotonic() + 60
+        while _job_state(cluster.address, job_id) != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _job_state(cluster.address, job_id) == "RUNNING"
+        # The watchdog as ownership.start_watchdog starts it for a cluster server, with that process as the owner.
+        watchdog = subprocess.Popen([sys.executable, "-m", "mixvllm_nb.process.watchdog", "--owner",
+                                     f"{owner.pid}:{start_stamp(owner.pid)}", "--job", job_id,
+                                     "--name", "watched-on-ray"])
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        watchdog.wait(timeout=90)
+        assert _job_state(cluster.address, job_id) == "STOPPED"
+        assert registry.get("watched-on-ray", missing_ok=True) is None
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        RayJob(cluster.address, job_id).stop()
+        registry.remove("watched-on-ray")

@@ -31,6 +31,7 @@ _CLIENTS: dict[str, Any] = {}
 _HEADERS: dict[str, dict[str, str] | None] = {}
 _STATUS: dict[tuple[str, str], tuple[float, str]] = {}
 _LOCK = threading.RLock()
+_CHATTY = ("ray", "ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env")
 STATUS_TTL = 2.0  # seconds a job's state is reused: a listing of ten servers asks Ray once per server
 
 
@@ -156,11 +157,19 @@ class RayJob:
         runtime["env_vars"] = {**runtime.get("env_vars", {}), **env}
         entry = [python, ENTRY_SCRIPT, "--reach", head_host(address), "--", *command]
         client = jobs_client(address)
+        # Not Ray's "Uploading package ..." in the user's cell: its job client logs at INFO.
+        quiet = [logging.getLogger(name) for name in _CHATTY]
+        levels = [logger.level for logger in quiet]
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
         try:
             client.submit_job(entrypoint=shlex.join(entry), submission_id=job_id, runtime_env=runtime,
                               metadata=metadata, entrypoint_num_gpus=num_gpus or None)
         except RuntimeError as exc:  # Ray's answer to a bad runtime_env or a taken id, in its own words
             raise ClusterError(f"cluster {address} refused the job: {str(exc).splitlines()[-1][:300]}") from None
+        finally:
+            for logger, level in zip(quiet, levels, strict=True):
+                logger.setLevel(level)
         return cls(address, job_id)
 
     @classmethod
@@ -229,8 +238,8 @@ class RayJob:
         """Ask Ray to stop the job and wait until it has ended; return whether it ended in time."""
         try:
             jobs_client(self.address).stop_job(self.job_id)
-        except ClusterError:
-            raise
+        except ClusterError:  # the cluster does not answer (gone, or out of reach): its state stays unknown
+            return False
         except Exception as exc:  # noqa: BLE001  (already ended, or gone: nothing left to stop)
             log.info("mixvllm_nb: Ray job %s: %s", self.job_id, exc)
         deadline = time.monotonic() + timeout

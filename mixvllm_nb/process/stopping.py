@@ -51,6 +51,6 @@ def stop_job(record: registry.ServerRecord, grace: float = 15.0) -> StopReport:
     job = RayJob.from_record(record.cluster)
     job.stop(timeout=grace + 15)  # Ray's own grace before it kills the job is longer than ours
     report = StopReport(job=job.job_id, job_state=job.status(fresh=True))
-    if record.port:
+    if record.port and report.job_state != "UNKNOWN":
         report.port_free = wait_port_closed(record.host, record.port, timeout=10)
     return report

@@ -56,6 +56,9 @@ class StopReport:
     def summary(self) -> str:
         """Return one line: how many processes were stopped and whether anything is left."""
         alone = f"; left alone pid(s) {', '.join(map(str, self.foreign))} (not this server's)" if self.foreign else ""
+        if self.job and self.job_state == "UNKNOWN":
+            return (f"its cluster did not answer: Ray job {self.job}'s state is unknown (it ended with the cluster, "
+                    f"or stop it there: ray job stop {self.job}); forgotten here")
         if self.job:
             port = "port closed" if self.port_free else "its port still answers"
             if self.clean:
