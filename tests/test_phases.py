@@ -101,3 +101,16 @@ def test_an_ended_server_shows_no_progress_bar(state):
     assert progress_text("srv", "ready").startswith("srv: [####################] ready")
     assert progress_text("srv", state) == f"srv: {state}"
     assert logs.phase_progress(state) == 0.0
+
+
+def test_a_failed_start_names_the_root_cause_not_vllms_closing_wrapper():
+    """vLLM ends a failed start with "Engine core initialization failed. See root cause above."; the cause is earlier.
+
+    The log is a real one: the embedded model as a Ray job with ``--pipeline-parallel-size 2
+    --distributed-executor-backend ray`` across two local Ray nodes, which vLLM's CPU build refuses.
+    """
+    from mixvllm_nb.process.logs import failure_cause
+
+    text = (DATA / "vllm_cpu_ray_executor_failure.log").read_text()
+    assert "RuntimeError: Engine core initialization failed. See root cause above." in text
+    assert failure_cause(text) == "ValueError: current platform cpu does not support ray."

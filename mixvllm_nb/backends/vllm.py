@@ -136,6 +136,12 @@ class VLLMServer(InferenceServer):
 
             raise ConfigError("inference.enable_sleep_mode: sleep mode needs a CUDA GPU and vLLM's CPU build has none "
                               "(it answers 404 on /sleep); leave it off on this machine")
+        if inf.distributed_executor_backend == "ray" and self.on_cpu():
+            from ..errors import ConfigError
+
+            raise ConfigError("inference.distributed_executor_backend: vLLM's CPU build has no Ray executor (it "
+                              "answers \"current platform cpu does not support ray\"); leave it unset (mp) on CPUs, "
+                              "where one node serves the model")
         if self.on_cluster:
             return  # the cluster's nodes, not this machine, must fit it: cluster_gpus() checks them
         gpus = detect_gpus()

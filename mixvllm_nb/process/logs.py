@@ -161,6 +161,9 @@ def failure_cause(text: str) -> str:
         return ("vLLM is not installed in the Python that runs the server (on a Ray cluster: cluster.python; install "
                 "it on the nodes, name a Python that has it, or add it to cluster.runtime_env's pip)")
     candidates = [m for line in text.splitlines() if (m := _ERROR_RE.match(line.strip()))]
+    # vLLM ends with "Engine core initialization failed. See root cause above.": the cause is the error before it.
+    causes = [m for m in candidates if "root cause above" not in m.group(2)]
+    candidates = causes or candidates
     if candidates:
         kind, message = candidates[-1].groups()
         return f"{kind}: {message.strip()}"[:400]
