@@ -28,4 +28,5 @@ bench:
 	.venv/bin/python benchmarks/routes.py
 	.venv/bin/python benchmarks/quickstart_memory.py
 	.venv/bin/python benchmarks/gpu_detection.py
+	.venv/bin/python benchmarks/cluster.py
 	.venv/bin/python benchmarks/readme_table.py

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ClusterError
+import psutil
+
+from .errors import ClusterError, MixVLLMError
 from .process import registry
 from .process.launchers import JUPYTER_SECRETS
 from .process.ports import free_port
 from .process.ray_jobs import jobs_client, nodes, token_file
-from .process.tree import launch_env, stop_processes
+from .process.tree import MARKER_ENV, launch_env, stop_processes
 
 
 @dataclass
@@ -59,13 +61,38 @@ class LocalCluster:
 
         for record in registry.list_records():
             if record.cluster.get("address") == self.address:
-                stop_server(record.name, force=True)  # a job of a cluster that is going away goes first
+                try:
+                    stop_server(record.name, force=True)  # a job of a cluster that is going away goes first
+                except MixVLLMError:  # gone meanwhile; what outlives Ray is swept below
+                    pass
         report = stop_processes(None, self.marker, grace=15)
         for process in self.processes:
             process.poll()
+        for marker in self._outliving_jobs():
+            stop_processes(None, marker, grace=10)
         token_file(self.address).unlink(missing_ok=True)
         _LOCAL.pop(self.address, None)
         return len(report.processes)
+
+
+    def _outliving_jobs(self) -> set[str]:
+        """Return the markers of servers whose job outlived this cluster's Ray (killed under them).
+
+        Such a process carries this cluster's random token and its GCS address: it is provably this
+        cluster's job, and only processes with a server's marker are stopped (by that marker).
+        """
+        token = token_file(self.address).read_text().strip() if token_file(self.address).is_file() else ""
+        port = self.gcs_address.rsplit(":", 1)[1]
+        found = set()
+        for process in psutil.process_iter():
+            try:
+                env = process.environ()
+            except psutil.Error:
+                continue
+            if (token and env.get("RAY_AUTH_TOKEN") == token and env.get("RAY_ADDRESS", "").endswith(f":{port}")
+                    and env.get(MARKER_ENV)):
+                found.add(env[MARKER_ENV])
+        return found
 
 
 _LOCAL: dict[str, LocalCluster] = {}

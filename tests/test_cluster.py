@@ -11,6 +11,7 @@ to Ray (this machine has none; Ray schedules by what nodes declare), for the "no
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -228,6 +229,28 @@ def test_cluster_errors_are_one_line_each(ip, cluster, monkeypatch, tmp_path):
         own.chmod(0o600)
         _CLIENTS.pop(cluster.address, None), _HEADERS.pop(cluster.address, None)
 
+
+
+def test_a_local_cluster_knows_its_jobs_processes_by_its_token_and_address(cluster):
+    """What LocalCluster.stop sweeps when Ray was killed under a job: only processes provably of this cluster."""
+    marker = f"bench{time.monotonic_ns()}"
+    job_id = f"mixvllm-provenance-{marker}"
+    RayJob.submit(cluster.address, job_id, ["python", "-c", "import time; time.sleep(600)"], env={MARKER_ENV: marker},
+                  runtime_env={}, python="python", num_gpus=0, metadata={})
+    try:
+        deadline = time.monotonic() + 60
+        while marker not in cluster._outliving_jobs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert marker in cluster._outliving_jobs()
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                 env={**os.environ, MARKER_ENV: "not-a-job-of-this-cluster"})
+        try:
+            assert "not-a-job-of-this-cluster" not in cluster._outliving_jobs()
+        finally:
+            other.kill()
+    finally:
+        RayJob(cluster.address, job_id).stop()
+    assert marker not in cluster._outliving_jobs()
 
 
 def test_no_node_with_the_gpus_asked_for_is_refused_before_anything_runs(ip, cluster, capsys):

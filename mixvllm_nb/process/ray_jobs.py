@@ -244,7 +244,10 @@ class RayJob:
             log.info("mixvllm_nb: Ray job %s: %s", self.job_id, exc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.status(fresh=True) in (*ENDED, "GONE"):
+            status = self.status(fresh=True)
+            if status in (*ENDED, "GONE"):
                 return True
+            if status == "UNKNOWN":  # the cluster stopped answering: waiting tells nothing more
+                return False
             time.sleep(0.5)
         return False
