@@ -27,7 +27,7 @@ from .errors import ClusterError, MixVLLMError
 from .process import registry
 from .process.launchers import JUPYTER_SECRETS
 from .process.ports import free_port
-from .process.ray_jobs import jobs_client, nodes, token_file
+from .process.ray_jobs import forget, jobs_client, nodes, token_file
 from .process.tree import MARKER_ENV, launch_env, stop_processes
 
 
@@ -71,6 +71,7 @@ class LocalCluster:
         for marker in self._outliving_jobs():
             stop_processes(None, marker, grace=10)
         token_file(self.address).unlink(missing_ok=True)
+        forget(self.address)
         _LOCAL.pop(self.address, None)
         return len(report.processes)
 
@@ -78,10 +79,10 @@ class LocalCluster:
     def _outliving_jobs(self) -> set[str]:
         """Return the markers of servers whose job outlived this cluster's Ray (killed under them).
 
-        Such a process carries this cluster's random token and its GCS address: it is provably this
-        cluster's job, and only processes with a server's marker are stopped (by that marker).
+        Such a process carries this cluster's token file and GCS address, which Ray gave it: it is provably
+        this cluster's job, and only processes with a server's marker are stopped (by that marker).
         """
-        token = token_file(self.address).read_text().strip() if token_file(self.address).is_file() else ""
+        token = str(token_file(self.address))
         port = self.gcs_address.rsplit(":", 1)[1]
         found = set()
         for process in psutil.process_iter():
@@ -89,7 +90,7 @@ class LocalCluster:
                 env = process.environ()
             except psutil.Error:
                 continue
-            if (token and env.get("RAY_AUTH_TOKEN") == token and env.get("RAY_ADDRESS", "").endswith(f":{port}")
+            if (env.get("RAY_AUTH_TOKEN_PATH") == token and env.get("RAY_ADDRESS", "").endswith(f":{port}")
                     and env.get(MARKER_ENV)):
                 found.add(env[MARKER_ENV])
         return found
@@ -106,7 +107,8 @@ def _ray_start(args: list[str], marker: str, log_path: Path, address: str) -> su
     env = {k: v for k, v in os.environ.items() if k not in JUPYTER_SECRETS and not k.startswith("RAY_AUTH")}
     # `python` in a job's entrypoint is this Python, which has vLLM: its folder goes first on the PATH.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-    env.update(launch_env(marker), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token_file(address).read_text().strip(),
+    # The token by its file (0600), never its value, in Ray's environment and so in its jobs'.
+    env.update(launch_env(marker), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file(address)),
                RAY_USAGE_STATS_ENABLED="0")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log_file:

@@ -121,8 +121,9 @@ def test_a_magic_serves_on_the_cluster_the_proxy_answers_and_the_panel_stops_it_
     record_file = registry.servers_dir() / "on-ray.json"
     assert token not in record_file.read_text()
     assert token not in Path(record.log_path).read_text()
-    listed = ip.run_line_magic("vllm_list", "")
-    assert token not in json.dumps(listed, default=str)
+    from mixvllm_nb.api import list_servers
+
+    assert token not in json.dumps(list_servers(details=True), default=str)
     from ray.job_submission import JobSubmissionClient
 
     info = JobSubmissionClient(cluster.address, headers={"Authorization": f"Bearer {token}"}).get_job_info(job_id)
@@ -130,8 +131,11 @@ def test_a_magic_serves_on_the_cluster_the_proxy_answers_and_the_panel_stops_it_
     assert "RAY_AUTH_TOKEN" not in (info.runtime_env or {}).get("env_vars", {})
 
     # Every front shows it as ready; it answers through Jupyter's proxy as a local server does.
-    status = ip.run_line_magic("vllm_status", "on-ray")
-    assert "ready" in str(status)
+    from mixvllm_nb.process.view import current_state
+
+    ip.run_line_magic("vllm_status", "on-ray")
+    assert str(current_state("on-ray")) == "ready"
+    ip.run_line_magic("vllm_bench", "on-ray --levels 1 --max-tokens 8")  # the bench runs on it unchanged
     assert "Paris" in _ask_proxy(jupyter, "on-ray")
     code, view = _rest(jupyter, "servers/on-ray")
     assert code == 200 and view["state"] == "ready" and view["cluster"]["job_id"] == job_id
@@ -235,8 +239,8 @@ def test_a_local_cluster_knows_its_jobs_processes_by_its_token_and_address(clust
     """What LocalCluster.stop sweeps when Ray was killed under a job: only processes provably of this cluster."""
     marker = f"bench{time.monotonic_ns()}"
     job_id = f"mixvllm-provenance-{marker}"
-    RayJob.submit(cluster.address, job_id, ["python", "-c", "import time; time.sleep(600)"], env={MARKER_ENV: marker},
-                  runtime_env={}, python="python", num_gpus=0, metadata={})
+    RayJob(cluster.address, job_id).start(["python", "-c", "import time; time.sleep(600)"], env={MARKER_ENV: marker},
+                                          runtime_env={}, python="python", num_gpus=0, metadata={})
     try:
         deadline = time.monotonic() + 60
         while marker not in cluster._outliving_jobs() and time.monotonic() < deadline:
@@ -276,8 +280,8 @@ def test_a_dead_owners_cluster_server_is_stopped_through_ray_by_its_watchdog(clu
     from mixvllm_nb.process.tree import start_stamp
 
     job_id = f"mixvllm-watched-{time.monotonic_ns()}"
-    RayJob.submit(cluster.address, job_id, ["python", "-c", "import time; time.sleep(600)", "--port", "0"], env={},
-                  runtime_env={}, python="python", num_gpus=0, metadata={})
+    RayJob(cluster.address, job_id).start(["python", "-c", "import time; time.sleep(600)"], env={}, runtime_env={},
+                                          python="python", num_gpus=0, metadata={})
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         record = registry.ServerRecord(name="watched-on-ray", backend="vllm", model="m", served_model_name="m",

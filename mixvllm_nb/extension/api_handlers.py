@@ -49,10 +49,12 @@ class ServersHandler(MixvllmHandler):
 
     @web.authenticated
     @authorized
-    def get(self) -> None:
+    async def get(self) -> None:
         """Answer the list of servers (no secrets)."""
-        self.finish(json.dumps([rest_view(r, self.base_url, self.state.servers.get(r.name))
-                                for r in registry.list_records()]))
+        # Off the event loop: a server on a Ray cluster is asked of Ray, over the network.
+        views = await IOLoop.current().run_in_executor(None, lambda: [
+            rest_view(r, self.base_url, self.state.servers.get(r.name)) for r in registry.list_records()])
+        self.finish(json.dumps(views))
 
     @web.authenticated
     @authorized(action="execute")  # starting a server runs a process (and maybe a model's own code)
@@ -92,13 +94,15 @@ class ServerHandler(MixvllmHandler):
 
     @web.authenticated
     @authorized
-    def get(self, name: str) -> None:
+    async def get(self, name: str) -> None:
         """Answer the server's view and URLs."""
         try:
             record = registry.get(name)
         except ServerNotFoundError as exc:
             raise not_found(name, exc) from None
-        self.finish(json.dumps(rest_view(record, self.base_url, self.state.servers.get(name))))
+        view = await IOLoop.current().run_in_executor(None, rest_view, record, self.base_url,
+                                                      self.state.servers.get(name))
+        self.finish(json.dumps(view))
 
     @web.authenticated
     @authorized

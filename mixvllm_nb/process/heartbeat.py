@@ -41,6 +41,7 @@ def _loop(server: ServerProcess) -> None:
                 return
             code = server.poll()
             if code is not None or not server.main_alive():
+                server.refresh_log()  # a Ray job's last lines, copied before they are read
                 server.exit_code = code
                 server.error = end_cause(code, server.log_path)
                 server.set_state(State.EXITED if code == 0 else State.CRASHED)

@@ -15,9 +15,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClusterError, ServerStartError
+from ..errors import ClusterError, ConfigError, ServerStartError
 from . import logs, ownership, registry
-from .ray_jobs import RayJob, check_address
+from .ports import is_loopback
+from .ray_jobs import RayJob, check_address, head_host
 from .tree import launch_env, start_stamp
 
 if TYPE_CHECKING:
@@ -25,6 +26,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mixvllm_nb")
 JUPYTER_SECRETS = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
+
+
+def check_model_exists(name: str) -> None:
+    """Raise ConfigError when ``name`` looks like a local folder that does not exist (a hub id passes)."""
+    looks_local = name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
+    if looks_local and not Path(name).expanduser().exists():
+        raise ConfigError(
+            f"model.name: {name!r} is not an existing folder; give a local model folder "
+            "or a Hugging Face hub id such as 'org/model'"
+        )
 
 
 def _new_log(server: ServerProcess, command: list[str]) -> Path:
@@ -52,8 +63,8 @@ def _record(server: ServerProcess, **fields: Any) -> registry.ServerRecord:
 def start_process(server: ServerProcess) -> tuple[subprocess.Popen, registry.ServerRecord]:
     """Start the server as a process of its own on this machine, in its own session; register it."""
     marker = uuid.uuid4().hex
-    # Jupyter's credentials stay out of the model server: it has no use for them.
-    inherited = {k: v for k, v in os.environ.items() if k not in JUPYTER_SECRETS}
+    # Jupyter's credentials and Ray's token stay out of the model server: it has no use for them.
+    inherited = {k: v for k, v in os.environ.items() if k not in JUPYTER_SECRETS and not k.startswith("RAY_AUTH")}
     env = {**inherited, **server.get_launch_env(), **launch_env(marker)}
     env.setdefault("PYTHONUNBUFFERED", "1")
     command = server.get_launch_command()
@@ -88,9 +99,9 @@ def submit_job(server: ServerProcess, gpus_per_job: int = 0) -> tuple[RayJob, re
     command = server.get_launch_command()
     log_path = _new_log(server, command)
     job_id = f"mixvllm-{server.name}-{marker[:8]}"
-    job = RayJob.submit(address, job_id, command, env=env, runtime_env=cluster.runtime_env, python=cluster.python,
-                        num_gpus=gpus_per_job, metadata={"mixvllm_server": server.name})
-    server.job = job
+    job = server.job = RayJob(address, job_id)  # known before Ray is asked: an interrupt meanwhile still stops it
+    job.start(command, env=env, runtime_env=cluster.runtime_env, python=cluster.python, num_gpus=gpus_per_job,
+              metadata={"mixvllm_server": server.name})
     record = _record(server, marker=marker, log_path=str(log_path), cluster={"address": address, "job_id": job_id})
     registry.save(record)
     log.info("submitted %s to %s as Ray job %s, log %s", server.name, address, job_id, log_path)
@@ -103,6 +114,10 @@ def submit_job(server: ServerProcess, gpus_per_job: int = 0) -> tuple[RayJob, re
                                    f"{'ended' if job.poll() is not None else 'did not start'}: {cause}",
                                    cause=cause, log_tail=logs.tail(log_path, 40), log_path=str(log_path))
         time.sleep(0.5)
+    if is_loopback(where[0]) and not is_loopback(head_host(address)):
+        raise ClusterError(f"cluster {address}: the job's node announced a loopback address ({where[0]}): the "
+                           "cluster is reached through a tunnel (kubectl port-forward?), and its servers are not "
+                           "reachable from here; give the head's real address")
     server.config.server.host, server.config.server.port = where
     record.host, record.port, record.base_url = where[0], where[1], server.base_url
     record.config, record.cluster = server.config.public_dict(), {**record.cluster, "node": where[0]}

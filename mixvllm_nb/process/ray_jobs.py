@@ -76,52 +76,98 @@ def head_host(address: str) -> str:
     return urlsplit(address).hostname or ""
 
 
-def _headers(address: str) -> dict[str, str] | None:
-    """Return the headers a cluster needs (Ray's token, only if it asks for one), checking that it answers."""
+REQUEST_TIMEOUT = 10.0  # seconds: Ray's client waits forever by default, and a listing or a stop must not
+
+
+def _clients() -> tuple[type, type, type]:
+    """Return Ray's job and state clients with a timeout on every request, and Ray's AuthenticationError."""
     try:
         from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
+        from ray.util.state.api import StateApiClient
     except ImportError:
         raise ClusterError("cluster: Ray's job client is not installed here; "
                            "pip install 'mixvllm-nb[cluster]' (ray[default])") from None
+
+    class TimedJobs(JobSubmissionClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", REQUEST_TIMEOUT)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    class TimedState(StateApiClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", REQUEST_TIMEOUT)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return TimedJobs, TimedState, AuthenticationError
+
+
+def _connect(address: str) -> tuple[Any, dict[str, Any]]:
+    """Return a job client for ``address`` and its headers: Ray's token only if the cluster asks for one.
+
+    The first request goes without a token, even when ``RAY_AUTH_MODE=token`` is set here (Ray's client
+    would then add the user's token to every request, to any address): an ``Authorization`` of None is
+    ours, and ``requests`` leaves it out.
+    """
+    import requests
+
+    jobs, _state, authentication_error = _clients()
     token, source = ray_token(address)
+    headers: dict[str, Any] = {"Authorization": None}
     try:
         try:
-            _CLIENTS[address] = JobSubmissionClient(address)  # creating it asks the cluster for its version
-            return None
-        except AuthenticationError:
+            return jobs(address, headers=dict(headers)), headers  # creating it asks the cluster for its version
+        except authentication_error:
             if token is None:
                 raise ClusterError(f"cluster {address} asks for Ray's token and none was found: set RAY_AUTH_TOKEN "
                                    "or RAY_AUTH_TOKEN_PATH, or put it in ~/.ray/auth_token (`ray get-auth-token` "
                                    "on the head prints it)") from None
         headers = {"Authorization": f"Bearer {token}"}
-        _CLIENTS[address] = JobSubmissionClient(address, headers=headers)
-        return headers
-    except AuthenticationError:
+        return jobs(address, headers=dict(headers)), headers
+    except authentication_error:
         raise ClusterError(f"cluster {address} refused the Ray token from {source}: it is not this cluster's "
                            "(`ray get-auth-token` on the head prints the right one)") from None
-    except ConnectionError:
+    except (ConnectionError, requests.exceptions.RequestException):
         raise ClusterError(f"cluster.address: no Ray cluster answers at {address}; start one (ray start --head "
                            "--dashboard-host ...) or give its job API's address, http://HEAD:8265") from None
+    except RuntimeError as exc:  # an HTTP server that is not Ray's job API (a 404 for /api/version)
+        raise ClusterError(f"cluster.address: {address} is not a Ray job API ({str(exc).splitlines()[0][:160]}); "
+                           "give the dashboard's address, http://HEAD:8265") from None
 
 
 def jobs_client(address: str) -> Any:
     """Return the (cached) job client of a cluster; ClusterError in one line when it cannot be reached."""
     with _LOCK:
-        if address not in _CLIENTS:
-            _HEADERS[address] = _headers(address)
-        return _CLIENTS[address]
+        client = _CLIENTS.get(address)
+    if client is None:  # connecting takes a request: never under the lock other clusters' callers wait on
+        client, headers = _connect(address)
+        with _LOCK:
+            _CLIENTS[address], _HEADERS[address] = client, headers
+    return client
+
+
+def forget(address: str) -> None:
+    """Drop what is cached of a cluster (its client, token header, job states): it restarted, or went away."""
+    with _LOCK:
+        _CLIENTS.pop(address, None)
+        _HEADERS.pop(address, None)
+        for key in [key for key in _STATUS if key[0] == address]:
+            _STATUS.pop(key, None)
 
 
 def nodes(address: str) -> list[dict[str, Any]]:
     """Return the cluster's live nodes: address, head or not, CPUs, GPUs, memory (GiB), accelerator."""
-    from ray.util.state.api import StateApiClient
+    jobs_client(address)  # reachable, and the token it needs known
     from ray.util.state.common import ListApiOptions, StateResource
 
-    jobs_client(address)  # reachable, and the token it needs known
-    headers = _HEADERS.get(address)
-    client = StateApiClient(address, headers=headers) if headers else StateApiClient(address)
-    found = client.list(StateResource.NODES, options=ListApiOptions(detail=True), raise_on_missing_output=False)
+    _jobs, state, _error = _clients()
+    client = state(address, headers={"Content-Type": "application/json", **(_HEADERS.get(address) or {})})
+    try:
+        options = ListApiOptions(detail=True, timeout=int(REQUEST_TIMEOUT))
+        found = client.list(StateResource.NODES, options=options, raise_on_missing_output=False)
+    except Exception as exc:  # noqa: BLE001  (Ray's state API errors come in several types)
+        raise ClusterError(f"cluster {address}: its nodes could not be listed: {str(exc).splitlines()[0][:200]}"
+                           ) from None
     out = []
     for node in found:
         if node.state != "ALIVE":
@@ -143,10 +189,10 @@ class RayJob:
         self._text = ""  # the job's log as far as it is copied to the local log file
         self._fetched_at = float("-inf")
 
-    @classmethod
-    def submit(cls, address: str, job_id: str, command: list[str], *, env: dict[str, str],
-               runtime_env: dict[str, Any], python: str, num_gpus: int, metadata: dict[str, str]) -> RayJob:
-        """Submit ``command`` as a job that first binds it where the notebook reaches it (see engine_side)."""
+    def start(self, command: list[str], *, env: dict[str, str], runtime_env: dict[str, Any], python: str,
+              num_gpus: int, metadata: dict[str, str]) -> RayJob:
+        """Submit ``command`` as this job, which first binds it where the notebook reaches it (see engine_side)."""
+        address, job_id = self.address, self.job_id
         import shlex
 
         runtime = dict(runtime_env)
@@ -170,7 +216,7 @@ class RayJob:
         finally:
             for logger, level in zip(quiet, levels, strict=True):
                 logger.setLevel(level)
-        return cls(address, job_id)
+        return self
 
     @classmethod
     def from_record(cls, cluster: dict[str, Any]) -> RayJob:
@@ -188,9 +234,13 @@ class RayJob:
         try:
             status = str(jobs_client(self.address).get_job_status(self.job_id).value)
         except ClusterError:
-            return "UNKNOWN"
+            return "UNKNOWN"  # unreachable, or the token is no longer taken: nothing is known of the job
         except Exception as exc:  # noqa: BLE001  (Ray raises RuntimeError for a job it no longer knows)
-            status = "GONE" if "does not exist" in str(exc) else "UNKNOWN"
+            if "does not exist" in str(exc):
+                status = "GONE"
+            else:  # a timeout, a 5xx, a client that a restart made stale: ask afresh next time
+                forget(self.address)
+                return "UNKNOWN"
         with _LOCK:
             _STATUS[key] = (now, status)
         return status
@@ -221,11 +271,14 @@ class RayJob:
         self._fetched_at, text = now, self.logs()
         if text and path:
             data = text.encode(errors="replace")
-            with open(path, "r+b") as handle:
-                start = len(handle.readline())  # after the header mixvllm_nb wrote (the command line)
-                if handle.seek(0, 2) < start + len(data):  # only a longer log is news: Ray's only grows
-                    handle.seek(start)
-                    handle.write(data)
+            try:
+                with open(path, "r+b") as handle:
+                    start = len(handle.readline())  # after the header mixvllm_nb wrote (the command line)
+                    if handle.seek(0, 2) < start + len(data):  # only a longer log is news: Ray's only grows
+                        handle.seek(start)
+                        handle.write(data)
+            except OSError:  # the local copy was removed: Ray still has the log
+                pass
         self._text = text or self._text
         return self._text
 

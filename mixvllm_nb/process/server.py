@@ -9,11 +9,9 @@ through :func:`mixvllm_nb.api.serve`, which ends here, in :meth:`ServerProcess.l
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import ClassVar
 
 import psutil
@@ -23,11 +21,11 @@ from ..config.schema import new_api_key
 from ..errors import ConfigError, MixVLLMError, NameTakenError, ServerStartError, ServerTimeoutError
 from . import heartbeat, launchers, logs, ownership, registry
 from .http import http_get
-from .ports import ensure_port_free, free_port, port_is_free, url_host, wait_port_free
+from .ports import ensure_port_free, free_port, is_loopback, port_is_free, url_host, wait_port_free
 from .ray_jobs import RayJob
 from .states import State
 from .stopping import stop_job
-from .tree import StopReport, listens_on, process_matches, start_stamp, stop_processes
+from .tree import StopReport, listens_on, marked_listener, process_matches, start_stamp, stop_processes
 
 log = logging.getLogger("mixvllm_nb")
 
@@ -111,8 +109,8 @@ class ServerProcess:
             cfg.model.name = model_name
             if cfg.model.served_model_name is None:
                 cfg.model.served_model_name = served
-        else:
-            _check_model_exists(cfg.model.name)
+        elif not self.on_cluster:  # a path on a cluster is the nodes' to have
+            launchers.check_model_exists(cfg.model.name)
         if cfg.server.port is None and not self.on_cluster:  # on a cluster, the node the job lands on picks it
             cfg.server.port = free_port(cfg.server.host)
         if cfg.server.api_key is None:
@@ -263,12 +261,20 @@ class ServerProcess:
         """Ask a starting server whether it is ready now; remember its engine processes when it is."""
         with self.lock:
             # Nothing is asked (with the key) of a port that another program holds: it would get the key.
-            if (self.state != State.STARTING or (self.job is None and not listens_on(self.pid, self.port))
-                    or not self.is_ready()):
+            if self.state != State.STARTING or not self._ours_listens() or not self.is_ready():
                 return self.state == State.READY
             self.engine_pids = self._snapshot_children()
             self.set_state(State.READY)
             return True
+
+    def _ours_listens(self) -> bool:
+        """True when the port is held by this server: its process here, or a local job carrying its marker.
+
+        A job on another machine cannot be checked from here; its node's address came from the job itself.
+        """
+        if self.job is None:
+            return listens_on(self.pid, self.port)
+        return not is_loopback(self.host) or marked_listener(self.port, self.record.marker if self.record else None)
 
     def starting_for(self) -> float:
         """Return the seconds since launch."""
@@ -302,15 +308,16 @@ class ServerProcess:
         return bool(self.record and self.record.process_alive())
 
     def refresh_log(self) -> None:
-        """Bring the local log up to date: a Ray job's log is copied from the cluster (a local one is written live)."""
+        """Copy a Ray job's log from the cluster into the local log (at most twice a second; a local one is live)."""
         cluster = self.record.cluster if self.record else {}
         if cluster and self.log_path:
-            (self.job or RayJob.from_record(cluster)).mirror_log(self.log_path, every=0.5)
+            if getattr(self, "_log_job", None) is None:
+                self._log_job = self.job or RayJob.from_record(cluster)
+            self._log_job.mirror_log(self.log_path, every=0.5)
 
     def poll(self) -> int | None:
-        """Return the exit code of our own process or job once it has ended (a job's log is copied here meanwhile)."""
+        """Return the exit code of our own process or job once it has ended."""
         if self.job is not None:
-            self.job.mirror_log(self.log_path)
             return self.job.poll()
         return self.process.poll() if self.process is not None else None
 
@@ -337,6 +344,7 @@ class ServerProcess:
             elif self.record and self.record.pid:
                 root = process_matches(self.record.pid, self.record.create_time)
             if self.record is not None and self.record.cluster:
+                self.refresh_log()  # its last lines, while Ray still has them
                 report = stop_job(self.record, grace=timeout)  # Ray stops it; its port is checked from here
             else:
                 report = stop_processes(root, self.record.marker if self.record else None, grace=timeout)
@@ -344,6 +352,8 @@ class ServerProcess:
                 if self.port:  # wait only when we stopped something: a port another program holds never frees
                     report.port_free = (wait_port_free(self.host, self.port, timeout=10) if report.processes
                                         else port_is_free(self.host, self.port))
+            if report.job_running:  # Ray did not end it: it stays registered (and watched) for another stop
+                return report
             self.stop_watchdog()
             if self.name:
                 registry.remove(self.name)
@@ -386,11 +396,3 @@ class ServerProcess:
             f"model={self.served_model_name!r} url={self.base_url if self.port else '-'}>"
         )
 
-
-def _check_model_exists(name: str) -> None:
-    looks_local = name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
-    if looks_local and not Path(name).expanduser().exists():
-        raise ConfigError(
-            f"model.name: {name!r} is not an existing folder; give a local model folder "
-            "or a Hugging Face hub id such as 'org/model'"
-        )

@@ -24,7 +24,8 @@ def stop_record(record: registry.ServerRecord, grace: float = 15.0) -> StopRepor
         return StopReport()
     if record.cluster:
         report = stop_job(record, grace=grace)
-        registry.remove(record.name, expected=record)
+        if not report.job_running:  # a job Ray did not end stays registered, for another stop
+            registry.remove(record.name, expected=record)
         return report
     root = process_matches(record.pid, record.create_time) if record.pid else None
     report = stop_processes(root, record.marker, grace=grace)

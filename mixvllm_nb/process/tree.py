@@ -49,6 +49,11 @@ class StopReport:
     job_state: str = ""  # Ray's state of that job after the stop (STOPPED, or what it still is)
 
     @property
+    def job_running(self) -> bool:
+        """True when a Ray job was asked to stop and Ray still says it runs."""
+        return self.job_state in ("PENDING", "RUNNING")
+
+    @property
     def clean(self) -> bool:
         """True when no process (or job) is left and the port is free."""
         return not self.leftover and self.port_free and self.job_state in ("", "STOPPED", "SUCCEEDED", "FAILED")
@@ -63,7 +68,8 @@ class StopReport:
             port = "port closed" if self.port_free else "its port still answers"
             if self.clean:
                 return f"stopped Ray job {self.job} ({self.job_state}); nothing left, {port}"
-            return f"Ray job {self.job} is still {self.job_state}; {port}"
+            return (f"Ray job {self.job} is still {self.job_state}; {port}; kept registered: stop it again, or "
+                    f"`ray job stop {self.job}` on the cluster")
         if self.clean:
             return f"stopped {len(self.processes)} process(es); nothing left, port free{alone}"
         left = ", ".join(map(str, self.leftover)) or "none"
@@ -322,6 +328,16 @@ def _signal(procs: dict[int, float], sig: signal.Signals) -> None:
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+def marked_listener(port: int, marker: str | None) -> bool:
+    """Return True when a process carrying ``marker`` listens on TCP ``port`` here (a job of a local Ray cluster)."""
+    try:
+        listening = [c.pid for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
+    except psutil.Error:
+        return False
+    return any(carries_marker(pid, marker) for pid in listening)
 
 
 def listens_on(pid: int | None, port: int) -> bool:
