@@ -25,7 +25,7 @@ from IPython.core.error import UsageError
 from test_server_support import JupyterProcess
 
 from mixvllm_nb.process import registry
-from mixvllm_nb.process.ray_jobs import _CLIENTS, _HEADERS, RayJob, token_file
+from mixvllm_nb.process.ray_jobs import RayJob, forget, token_file
 from mixvllm_nb.process.tree import MARKER_ENV
 
 pytestmark = pytest.mark.vllm  # a real Ray cluster, and real vLLM jobs on it
@@ -213,26 +213,24 @@ def test_cluster_errors_are_one_line_each(ip, cluster, monkeypatch, tmp_path):
     with pytest.raises(UsageError, match=r"cluster.address: give the URL of the cluster's job API"):
         ip.run_line_magic("vllm_serve", "--cluster 127.0.0.1:8265")
 
-    # The token: missing, then wrong (the cluster's own token file set aside; no other source).
-    own = token_file(cluster.address)
-    token = own.read_text()
+    # The token: missing, then wrong. The cluster's own token file is looked for elsewhere (Ray's processes read
+    # theirs from it), and no other source has one.
+    monkeypatch.setattr("mixvllm_nb.process.ray_jobs.token_file", lambda _address: tmp_path / "no-token")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
     monkeypatch.setenv("HOME", str(tmp_path))
     try:
-        own.unlink()
-        _CLIENTS.pop(cluster.address, None), _HEADERS.pop(cluster.address, None)
+        forget(cluster.address)
         with pytest.raises(UsageError, match=r"asks for Ray's token and none was found: set RAY_AUTH_TOKEN"):
             ip.run_line_magic("vllm_cluster", cluster.address)
         monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
-        _CLIENTS.pop(cluster.address, None), _HEADERS.pop(cluster.address, None)
+        forget(cluster.address)
         with pytest.raises(UsageError, match=r"refused the Ray token from RAY_AUTH_TOKEN: it is not this cluster's"):
             ip.run_line_magic("vllm_cluster", cluster.address)
     finally:
-        own.write_text(token)
-        own.chmod(0o600)
-        _CLIENTS.pop(cluster.address, None), _HEADERS.pop(cluster.address, None)
-
+        monkeypatch.undo()
+        forget(cluster.address)
+    ip.run_line_magic("vllm_cluster", cluster.address)  # with its token again
 
 
 def test_a_local_cluster_knows_its_jobs_processes_by_its_token_and_address(cluster):
