@@ -25,7 +25,7 @@ import psutil
 
 from .errors import ClusterError, MixVLLMError
 from .process import registry
-from .process.launchers import JUPYTER_SECRETS
+from .process.launchers import inherited_env
 from .process.ports import free_port
 from .process.ray_jobs import forget, jobs_client, nodes, token_file
 from .process.tree import MARKER_ENV, launch_env, stop_processes
@@ -104,7 +104,7 @@ def _ray_start(args: list[str], marker: str, log_path: Path, address: str) -> su
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     if ray is None:
         raise ClusterError("cluster: Ray is not installed here; pip install 'mixvllm-nb[cluster]' (ray[default])")
-    env = {k: v for k, v in os.environ.items() if k not in JUPYTER_SECRETS and not k.startswith("RAY_AUTH")}
+    env = inherited_env()
     # `python` in a job's entrypoint is this Python, which has vLLM: its folder goes first on the PATH.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     # The token by its file (0600), never its value, in Ray's environment and so in its jobs'.

@@ -61,6 +61,19 @@ def ip():
     return shell
 
 
+@pytest.fixture(scope="module")
+def jupyter(tmp_path_factory):
+    """A real ``jupyter server`` process with this extension, for one test module (blocking clients: openai, httpx)."""
+    from test_server_support import JupyterProcess
+
+    home = tmp_path_factory.mktemp("jupyter-home")
+    root = home / "root"
+    root.mkdir()
+    process = JupyterProcess(root, home).start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture
 def jupyter_overrides() -> dict:
     """Extra Jupyter config for one test (parametrize it: an authorizer, MixVLLM limits)."""

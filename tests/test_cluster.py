@@ -49,14 +49,6 @@ def cluster():
         assert left == [], f"Ray processes left after the cluster stopped: {left}"
 
 
-@pytest.fixture(scope="module")
-def jupyter(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cluster-root")
-    process = JupyterProcess(root, tmp_path_factory.mktemp("cluster-jupyter")).start()
-    yield process
-    process.stop()
-
-
 def _carries(process: psutil.Process, marker: str) -> bool:
     try:
         return process.environ().get(MARKER_ENV) == marker

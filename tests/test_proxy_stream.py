@@ -15,20 +15,9 @@ import threading
 import time
 
 import httpx
-import pytest
-from test_server_support import STANDIN_MODEL, JupyterProcess
+from test_server_support import STANDIN_MODEL
 
 from mixvllm_nb.process import registry
-
-
-@pytest.fixture(scope="module")
-def jupyter(tmp_path_factory):
-    home = tmp_path_factory.mktemp("jupyter-home")
-    root = home / "root"
-    root.mkdir()
-    process = JupyterProcess(root, home).start()
-    yield process
-    process.stop()
 
 
 def chunk(event: str) -> bytes:

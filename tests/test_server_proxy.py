@@ -15,19 +15,9 @@ from http.server import BaseHTTPRequestHandler
 import httpx
 import pytest
 from openai import OpenAI
-from test_server_support import STANDIN_MODEL, JupyterProcess, registered_upstream
+from test_server_support import STANDIN_MODEL, registered_upstream
 
 from mixvllm_nb.metrics import VllmMetrics
-
-
-@pytest.fixture(scope="module")
-def jupyter(tmp_path_factory):
-    home = tmp_path_factory.mktemp("jupyter-home")
-    root = home / "root"
-    root.mkdir()
-    process = JupyterProcess(root, home).start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture

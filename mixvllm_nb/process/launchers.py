@@ -28,6 +28,14 @@ log = logging.getLogger("mixvllm_nb")
 JUPYTER_SECRETS = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
 
 
+def inherited_env() -> dict[str, str]:
+    """Return this process's environment for a program we start, without Jupyter's credentials or Ray's token.
+
+    Neither a model server nor a local Ray cluster has any use for them.
+    """
+    return {k: v for k, v in os.environ.items() if k not in JUPYTER_SECRETS and not k.startswith("RAY_AUTH")}
+
+
 def check_model_exists(name: str) -> None:
     """Raise ConfigError when ``name`` looks like a local folder that does not exist (a hub id passes)."""
     looks_local = name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
@@ -63,9 +71,7 @@ def _record(server: ServerProcess, **fields: Any) -> registry.ServerRecord:
 def start_process(server: ServerProcess) -> tuple[subprocess.Popen, registry.ServerRecord]:
     """Start the server as a process of its own on this machine, in its own session; register it."""
     marker = uuid.uuid4().hex
-    # Jupyter's credentials and Ray's token stay out of the model server: it has no use for them.
-    inherited = {k: v for k, v in os.environ.items() if k not in JUPYTER_SECRETS and not k.startswith("RAY_AUTH")}
-    env = {**inherited, **server.get_launch_env(), **launch_env(marker)}
+    env = {**inherited_env(), **server.get_launch_env(), **launch_env(marker)}
     env.setdefault("PYTHONUNBUFFERED", "1")
     command = server.get_launch_command()
     log_path = _new_log(server, command)
