@@ -8,6 +8,7 @@ moment the upstream sees a disconnect come from the stand-in upstream (a control
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from http.server import BaseHTTPRequestHandler
@@ -232,10 +233,19 @@ def test_an_engine_that_dies_between_events_gives_a_clean_end_and_mid_event_a_cu
             list(response.iter_lines())  # a half event must not look like a whole answer
 
 
-def _running(vllm_server) -> int:
-    text = httpx.get(f"{vllm_server.base_url}/metrics", timeout=10,
+def _metrics_text(vllm_server) -> str:
+    return httpx.get(f"{vllm_server.base_url}/metrics", timeout=10,
                      headers={"Authorization": f"Bearer {vllm_server.api_key}"}).text
-    return VllmMetrics.from_text(text).num_requests_running or 0
+
+
+def _running(vllm_server) -> int:
+    return VllmMetrics.from_text(_metrics_text(vllm_server)).num_requests_running or 0
+
+
+def _tokens_generated(vllm_server) -> float:
+    """vLLM's own count of the tokens it has generated since it started."""
+    pattern = re.compile(r"^vllm:generation_tokens_total(?:\{[^}]*\})? (\S+)$", re.M)
+    return sum(float(value) for value in pattern.findall(_metrics_text(vllm_server)))
 
 
 def test_a_client_that_leaves_aborts_the_generation_in_vllm(jupyter, vllm_server):
@@ -243,15 +253,25 @@ def test_a_client_that_leaves_aborts_the_generation_in_vllm(jupyter, vllm_server
             "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
     with httpx.stream("POST", f"{jupyter.proxy_v1(vllm_server.name)}/chat/completions", json=body, timeout=60,
                       headers={"Authorization": f"Bearer {jupyter.token}"}) as response:
-        lines = response.iter_lines()
+        lines = (line for line in response.iter_lines() if line.startswith("data: "))
         for _ in range(5):
-            assert next(line for line in lines if line.startswith("data: "))
-        assert _running(vllm_server) == 1  # the generation is under way (1500 tokens take ~40 s here)
+            assert next(lines) != "data: [DONE]"
+        # The generation is under way (1500 tokens take ~40 s here). vLLM's gauge is set from the
+        # engine's step statistics, which can trail the tokens: read on until it shows the request.
+        under_way_by = time.monotonic() + 15
+        while _running(vllm_server) != 1:
+            assert time.monotonic() < under_way_by, "vLLM never showed the streamed request as running"
+            assert next(lines) != "data: [DONE]"
     left_at = time.monotonic()
     while _running(vllm_server) != 0:
         assert time.monotonic() - left_at < 10, "vLLM kept generating for a client that left"
         time.sleep(0.1)
     assert time.monotonic() - left_at < 2.0
+    # The gauge could read 0 for a moment while the engine still works: its token counter cannot.
+    generated = _tokens_generated(vllm_server)
+    assert generated >= 4  # the counter is there, and it counted this stream's tokens (5 events: role + 4)
+    time.sleep(1.5)  # ~50 tokens at this model's pace on two cores, had the generation gone on
+    assert _tokens_generated(vllm_server) == generated
 
 
 def test_kernel_helpers_find_this_server_and_open_a_terminal(jupyter, vllm_server, monkeypatch):
