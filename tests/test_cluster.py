@@ -1,7 +1,7 @@
 """Servers on a real Ray cluster: a local one (``ray start --head``, token authentication on) started here.
 
 The embedded model is served as a Ray job from the magic; it answers through the Jupyter proxy and REST
-shows it, its log follows, the panel watches and stops it, and nothing is left: the job stopped, no vLLM
+shows it, its log follows (`--follow` until it stops), the panel watches and stops it, and nothing is left: the job stopped, no vLLM
 process, the port closed. A job started over REST on a Python without vLLM reads as its cause
 (notebooks/10_ray_cluster.ipynb serves and stops one from the magics too, in the suite's nbval run). Errors (unreachable, no token, a wrong token, vLLM missing on the cluster,
 no node with the GPUs asked for) are one line each. The one stand-in: a worker node that declares a GPU
@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -137,6 +138,11 @@ def test_a_magic_serves_on_the_cluster_the_proxy_answers_and_the_panel_stops_it_
     shown = capsys.readouterr().out
     assert "MIXVLLM_SERVING 127.0.0.1" in shown and "Application startup complete" in shown
 
+    # `--follow` streams the job's log as Ray gives it, until the server ends (below, by the panel's Stop).
+    follower = threading.Thread(target=ip.run_line_magic, args=("vllm_logs", "on-ray -n 1 --follow"), daemon=True)
+    follower.start()
+    assert "Paris" in _ask_proxy(jupyter, "on-ray")
+
     # Memory: Ray's processes and the vLLM job together, what the CI machine must hold beside the suite.
     engine = _marked(record.marker or "")
     assert engine, "the job's vLLM processes carry the server's marker"
@@ -162,6 +168,10 @@ def test_a_magic_serves_on_the_cluster_the_proxy_answers_and_the_panel_stops_it_
     finally:
         panel.close()
     assert registry.get("on-ray", missing_ok=True) is None
+    follower.join(timeout=30)
+    assert not follower.is_alive(), "--follow went on after the server stopped"
+    followed = capsys.readouterr().out.split("\n", 1)[1]  # what came after the one line of tail
+    assert "POST /v1/chat/completions" in followed and "[on-ray is " in followed, followed
     assert _job_state(cluster.address, job_id) == "STOPPED"
     assert not _port_answers(host, port)
     deadline = time.monotonic() + 30
