@@ -290,6 +290,19 @@ def test_sglang_command(tmp_path):
     assert "--api-key" not in command
 
 
+def test_sglang_takes_a_chat_template_and_refuses_vllms_tool_parsers_in_one_line(tmp_path):
+    template = tmp_path / "tools.jinja"
+    template.write_text("{{ messages }}")
+    command = create_server("sglang", MODEL, tools={"chat_template": str(template)}).get_launch_command()
+    assert command[command.index("--chat-template") + 1] == str(template)
+    for tools in ({"enable_auto_tool_choice": True}, {"tool_call_parser": "hermes"}):
+        with pytest.raises(ConfigError) as refused:
+            create_server("sglang", MODEL, tools=tools).get_launch_command()
+        field = next(iter(tools))
+        assert str(refused.value).startswith(f"tools.{field}: tool calling is not on this engine (sglang)")
+        assert "--tool-call-parser NAME can go in extra_args" in str(refused.value)
+
+
 def test_profile_wrappers_and_pytorch_env(tmp_path):
     nsys = VLLMServer(MODEL, profile={"enabled": True, "tool": "nsys", "output_dir": str(tmp_path), "args": ["--trace=cuda,nvtx"]})
     command = nsys.get_launch_command()

@@ -18,6 +18,16 @@ from ..process import registry
 from ..process.server import ServerProcess
 
 
+def refuse_unsupported(config: ServeConfig, engine: str, feature: str, paths: tuple[str, ...], hint: str = "") -> None:
+    """Raise one ConfigError naming the first of ``paths`` (``section.field``) that ``config`` sets:
+    ``feature`` (e.g. "tool calling is") is not on ``engine`` in mixvllm_nb."""
+    for path in paths:
+        section, name = path.split(".")
+        if getattr(getattr(config, section), name):
+            raise ConfigError(f"{path}: {feature} not on this engine ({engine}) in mixvllm_nb{hint}; "
+                              "use backend vllm for it")
+
+
 class InferenceServer(ServerProcess):
     """A model server run as a background process, tracked until it is stopped.
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from ..errors import ConfigError
 from .args import with_extra_args
-from .base import InferenceServer
+from .base import InferenceServer, refuse_unsupported
 from .llamacpp_serve import DEFAULTS_ENV
 
 # Settings llama.cpp cannot honour, with the values it can: naming another is an error rather than a
@@ -60,18 +60,14 @@ class LlamaCppServer(InferenceServer):
     def build_command(self) -> list[str]:
         """Return ``python -m mixvllm_nb.backends.llamacpp_serve --model file.gguf ...`` (llama_cpp.server's flags)."""
         cfg, inf = self.config, self.config.inference
-        for field_name in ("enable_auto_tool_choice", "tool_call_parser", "chat_template"):
-            if getattr(cfg.tools, field_name):
-                raise ConfigError(f"tools.{field_name}: tool calling is not on this engine (llamacpp) in mixvllm_nb; "
-                                  "use backend vllm for it")
+        refuse_unsupported(cfg, "llamacpp", "tool calling is",
+                           ("tools.enable_auto_tool_choice", "tools.tool_call_parser", "tools.chat_template"))
         if not self.model.endswith(".gguf"):
             raise ConfigError(
                 f"model.name: {self.model!r} is not a .gguf file; the llamacpp backend serves GGUF files "
                 "(leave the model out for the embedded SmolLM2, or use backend vllm)"
             )
-        if cfg.lora.enabled:
-            raise ConfigError("lora.enabled: LoRA adapters are not on this engine (llamacpp) in mixvllm_nb; "
-                              "use backend vllm for them")
+        refuse_unsupported(cfg, "llamacpp", "LoRA adapters are", ("lora.enabled",))
         for path, allowed in _ALLOWED.items():
             section, field = path.split(".")
             value = getattr(getattr(cfg, section), field)

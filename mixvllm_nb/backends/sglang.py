@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .args import with_extra_args
-from .base import InferenceServer
+from .base import InferenceServer, refuse_unsupported
 from .vllm import generation_config_override
 
 # Flags the user may not pass: the key travels in the environment, the address is ours to choose.
@@ -39,11 +39,11 @@ class SGLangServer(InferenceServer):
     def build_command(self) -> list[str]:
         """Return ``python -m sglang.launch_server`` with SGLang's names for the config's flags."""
         cfg, inf = self.config, self.config.inference
-        if cfg.lora.enabled:
-            from ..errors import ConfigError
-
-            raise ConfigError("lora.enabled: LoRA adapters are not on this engine (sglang) in mixvllm_nb; "
-                              "use backend vllm for them")
+        refuse_unsupported(cfg, "sglang", "LoRA adapters are", ("lora.enabled",))
+        # The parsers are vLLM's names (checked against vLLM's list); SGLang names its own differently.
+        refuse_unsupported(cfg, "sglang", "tool calling is",
+                           ("tools.enable_auto_tool_choice", "tools.tool_call_parser"),
+                           hint=" (SGLang's own --tool-call-parser NAME can go in extra_args)")
         cmd = [self.get_binary_path(), "-m", "sglang.launch_server", "--model-path", self.model]
         if self.served_model_name != self.model:
             cmd += ["--served-model-name", self.served_model_name]
@@ -54,6 +54,8 @@ class SGLangServer(InferenceServer):
             cmd += ["--tokenizer-path", cfg.model.tokenizer]
         if cfg.model.revision:
             cmd += ["--revision", cfg.model.revision]
+        if cfg.tools.chat_template:
+            cmd += ["--chat-template", cfg.tools.chat_template]
         if inf.tensor_parallel_size != 1:
             cmd += ["--tp", str(inf.tensor_parallel_size)]
         if inf.pipeline_parallel_size != 1:

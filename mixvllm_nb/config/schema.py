@@ -257,7 +257,10 @@ def tool_call_parsers() -> tuple[str, ...]:
 
 
 class ToolsConfig(_Section):
-    """Tool calling (OpenAI ``tools``, the chat's MCP tools): the ``tools:`` section (vLLM only)."""
+    """Tool calling (OpenAI ``tools``, the chat's MCP tools): the ``tools:`` section.
+
+    vLLM takes all of it; SGLang only ``chat_template`` (its parsers have other names); llama.cpp none.
+    """
 
     enable_auto_tool_choice: bool = option(
         False, "let the model call tools (OpenAI tools, MCP tools in the chat): vLLM's tool calling, read with "

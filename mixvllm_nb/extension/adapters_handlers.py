@@ -17,8 +17,7 @@ from tornado.ioloop import IOLoop
 
 from .. import adapters, api
 from ..errors import ConfigError, MixVLLMError, ServerNotFoundError
-from .api_handlers import not_found
-from .base import MixvllmHandler, OpenAIError
+from .base import MixvllmHandler, OpenAIError, answered_as
 
 
 class _AdaptersBase(MixvllmHandler):
@@ -27,16 +26,10 @@ class _AdaptersBase(MixvllmHandler):
         def run() -> Any:
             return func(api.get_server(name), *args)
 
-        try:
+        with answered_as((ServerNotFoundError, 404, "server_not_found"),
+                         (adapters.AdapterNotFoundError, 404, "adapter_not_found"),
+                         (ConfigError, 400, "invalid_adapter"), (MixVLLMError, 409, "adapter_failed")):
             return await IOLoop.current().run_in_executor(None, run)
-        except ServerNotFoundError as exc:
-            raise not_found(name, exc) from None
-        except adapters.AdapterNotFoundError as exc:
-            raise OpenAIError(404, str(exc), code="adapter_not_found") from None
-        except ConfigError as exc:
-            raise OpenAIError(400, str(exc), code="invalid_adapter") from None
-        except MixVLLMError as exc:
-            raise OpenAIError(409, str(exc), code="adapter_failed") from None
 
 
 class AdaptersHandler(_AdaptersBase):

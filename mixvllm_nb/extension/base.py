@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,16 @@ class OpenAIError(web.HTTPError):
         self.message = message
         self.code = code
         self.headers = headers or {}
+
+
+@contextmanager
+def answered_as(*mapping: tuple[type[Exception], int, str]) -> Iterator[None]:
+    """Turn the errors of a block into OpenAI-shaped answers: the first ``(class, status, code)`` that matches."""
+    try:
+        yield
+    except tuple(cls for cls, _, _ in mapping) as exc:
+        status, code = next((status, code) for cls, status, code in mapping if isinstance(exc, cls))
+        raise OpenAIError(status, str(exc), code=code) from None
 
 
 def error_body(status: int, message: str, code: str | None) -> str:

@@ -8,8 +8,6 @@ request to the server that serves its ``model`` (:mod:`.routing`). Handlers only
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -18,19 +16,9 @@ from tornado import web
 from ..errors import ConfigError, NameTakenError
 from ..process import routes
 from .api_handlers import proxy_path
-from .base import MixvllmHandler, OpenAIError
+from .base import MixvllmHandler, OpenAIError, answered_as
 
 _EXAMPLE = '{"name": "models", "servers": ["server_a", "server_b"]}'
-
-
-@contextmanager
-def answered_as(*mapping: tuple[type[Exception], int, str]) -> Iterator[None]:
-    """Turn the errors of a block into OpenAI-shaped answers: the first ``(class, status, code)`` that matches."""
-    try:
-        yield
-    except tuple(cls for cls, _, _ in mapping) as exc:
-        status, code = next((status, code) for cls, status, code in mapping if isinstance(exc, cls))
-        raise OpenAIError(status, str(exc), code=code) from None
 
 
 def route_view(route: dict[str, Any], base_url: str) -> dict[str, Any]:

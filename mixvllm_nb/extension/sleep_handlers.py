@@ -19,8 +19,7 @@ from .. import api, sleep
 from ..errors import ConfigError, MixVLLMError, ServerNotFoundError
 from ..process import registry
 from .api_handlers import rest_view
-from .base import MixvllmHandler, OpenAIError
-from .routes_handlers import answered_as
+from .base import MixvllmHandler, OpenAIError, answered_as
 
 
 class _SleepBase(MixvllmHandler):

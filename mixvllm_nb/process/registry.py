@@ -74,7 +74,7 @@ def servers_dir() -> Path:
 
 
 @contextmanager
-def _locked() -> Iterator[Path]:
+def locked() -> Iterator[Path]:
     """Hold the registry's write lock; yield the servers folder.
 
     Only changes to existing records take it: a reader sees either the old or the new file
@@ -183,7 +183,7 @@ def claim(name: str) -> bool:
 
 def save(record: ServerRecord) -> None:
     """Write ``record`` atomically with mode 0600 (it holds the API key)."""
-    with _locked():
+    with locked():
         _write(record)
 
 
@@ -202,7 +202,7 @@ def _write(record: ServerRecord) -> None:
 
 def update(name: str, **changes: Any) -> None:
     """Change fields of a saved record, if it still exists (a record removed meanwhile stays removed)."""
-    with _locked():
+    with locked():
         record = get(name, missing_ok=True)
         if record is None:
             return
@@ -258,7 +258,7 @@ def remove(name: str, *, expected: ServerRecord | None = None) -> bool:
         path = _path(name)
     except ValueError:
         return False
-    with _locked():
+    with locked():
         if expected is not None:
             current = _read(path) if path.exists() else None
             if current is None or not _same_server(current, expected):

@@ -89,7 +89,7 @@ def set_route(name: str, servers: list[str]) -> dict[str, Any]:
     members = list(dict.fromkeys(servers))  # a member named twice is one member
     if not members:
         raise ConfigError(f"route {name!r}: give at least one server; registered: {_registered()}")
-    with registry._locked():  # the registry's own lock: no server can appear or vanish while we check
+    with registry.locked():  # the registry's own lock: no server can appear or vanish while we check
         if registry.get(name, missing_ok=True) is not None:
             raise NameTakenError(f"route {name!r}: a server has that name; choose another route name")
         records = {member: registry.get(member, missing_ok=True) if _valid(member) else None for member in members}
@@ -106,7 +106,7 @@ def set_route(name: str, servers: list[str]) -> dict[str, Any]:
 
 def remove_route(name: str) -> bool:
     """Forget the route ``name``; return whether there was one."""
-    with registry._locked():
+    with registry.locked():
         routes = _read()
         if routes.pop(name, None) is None:
             return False
