@@ -18,12 +18,17 @@ from ..process import registry
 from ..process.server import ServerProcess
 
 
+def config_value(config: ServeConfig, path: str) -> Any:
+    """Return the value at ``section.field`` of a config (``"tools.chat_template"``)."""
+    section, name = path.split(".")
+    return getattr(getattr(config, section), name)
+
+
 def refuse_unsupported(config: ServeConfig, engine: str, feature: str, paths: tuple[str, ...], hint: str = "") -> None:
     """Raise one ConfigError naming the first of ``paths`` (``section.field``) that ``config`` sets:
     ``feature`` (e.g. "tool calling is") is not on ``engine`` in mixvllm_nb."""
     for path in paths:
-        section, name = path.split(".")
-        if getattr(getattr(config, section), name):
+        if config_value(config, path):
             raise ConfigError(f"{path}: {feature} not on this engine ({engine}) in mixvllm_nb{hint}; "
                               "use backend vllm for it")
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from ..errors import ConfigError
 from .args import with_extra_args
-from .base import InferenceServer, refuse_unsupported
+from .base import InferenceServer, config_value, refuse_unsupported
 from .llamacpp_serve import DEFAULTS_ENV
 
 # Settings llama.cpp cannot honour, with the values it can: naming another is an error rather than a
@@ -69,8 +69,7 @@ class LlamaCppServer(InferenceServer):
             )
         refuse_unsupported(cfg, "llamacpp", "LoRA adapters are", ("lora.enabled",))
         for path, allowed in _ALLOWED.items():
-            section, field = path.split(".")
-            value = getattr(getattr(cfg, section), field)
+            value = config_value(cfg, path)
             if value not in allowed:
                 shown = ", ".join(repr(v) for v in allowed if v is not None) or "unset"
                 raise ConfigError(f"{path}: {value!r} is not supported by the llamacpp backend "

@@ -207,9 +207,7 @@ class ProxyHandler(MixvllmHandler):
         assert record is not None
         if record.attached:
             return await self._awake(record)
-        # A server on a Ray cluster is asked of Ray, over the network: not on the event loop. Its owner's
-        # heartbeat keeps its state, and a job that is gone refuses the connection (502) anyway.
-        if record.state in _DEAD_STATES or (not record.cluster and record.is_dead()):
+        if record.state in _DEAD_STATES or record.is_dead(ask_cluster=False):  # no network call on the loop
             state = record.state if record.state in _DEAD_STATES else "exited"
             raise OpenAIError(502, f"server {name!r} is not running ({state}); start it again "
                               "(%vllm_serve, the panel, or POST /mixvllm/api/servers)", code="server_dead")

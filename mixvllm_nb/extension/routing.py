@@ -108,7 +108,7 @@ async def _answer_models(handler: ProxyHandler, route: dict[str, Any]) -> None:
 async def _listed_models(handler: ProxyHandler, route: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Return each running member's ``/v1/models`` entries (adapters included); members that fail are left out."""
     records = [registry.get(member, missing_ok=True) for member in route["servers"]]
-    usable = [r for r in records if r is not None and (r.attached or r.cluster or not r.is_dead())]
+    usable = [r for r in records if r is not None and not r.is_dead(ask_cluster=False)]
     timeout = handler.state.config.connect_timeout
     answers = await asyncio.gather(*(_models_of(record, timeout) for record in usable))
     return {record.name: entries for record, entries in zip(usable, answers, strict=True) if entries is not None}

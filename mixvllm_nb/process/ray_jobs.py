@@ -192,8 +192,9 @@ class RayJob:
     def start(self, command: list[str], *, env: dict[str, str], runtime_env: dict[str, Any], python: str,
               num_gpus: int, metadata: dict[str, str]) -> RayJob:
         """Submit ``command`` as this job, which first binds it where the notebook reaches it (see engine_side)."""
-        address, job_id = self.address, self.job_id
         import shlex
+
+        address, job_id = self.address, self.job_id
 
         runtime = dict(runtime_env)
         if "working_dir" in runtime:

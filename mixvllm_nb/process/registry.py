@@ -151,9 +151,16 @@ class ServerRecord:
             return False
         return self.marker is None or carries_marker(self.pid, self.marker)
 
-    def is_dead(self) -> bool:
-        """Return True for a launched server whose process is gone."""
-        return not self.attached and not self.process_alive()
+    def is_dead(self, *, ask_cluster: bool = True) -> bool:
+        """Return True for a launched server whose process is gone.
+
+        ``ask_cluster=False``: a server on a Ray cluster counts as alive rather than being asked of Ray over
+        the network (for the proxy's event loop: its owner's heartbeat keeps its state, and a job that is
+        gone refuses the connection anyway).
+        """
+        if self.attached or (self.cluster and not ask_cluster):
+            return False
+        return not self.process_alive()
 
 
 def validate_name(name: str) -> str:

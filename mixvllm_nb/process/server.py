@@ -53,6 +53,7 @@ class ServerProcess:
         self.stop_event = threading.Event()
         self.lock = threading.RLock()
         self.job: RayJob | None = None  # a server on a Ray cluster: its job, in place of ``process``
+        self._log_job: RayJob | None = None  # the job whose log refresh_log copies (kept: it remembers what it has)
         self._watchdog: subprocess.Popen | None = None
         self._launched_at = 0.0
 
@@ -311,7 +312,7 @@ class ServerProcess:
         """Copy a Ray job's log from the cluster into the local log (at most twice a second; a local one is live)."""
         cluster = self.record.cluster if self.record else {}
         if cluster and self.log_path:
-            if getattr(self, "_log_job", None) is None:
+            if self._log_job is None:
                 self._log_job = self.job or RayJob.from_record(cluster)
             self._log_job.mirror_log(self.log_path, every=0.5)
 
